@@ -1,0 +1,9 @@
+libferry_a_SOURCES += \
+	blockdev/backend.c blockdev/backend.h \
+	blockdev/bitmap.c blockdev/bitmap.h \
+	blockdev/block.c blockdev/block.h \
+	blockdev/driver.h blockdev/drivers.c \
+	blockdev/drivers/file.c \
+	blockdev/drivers/null.c \
+	blockdev/drivers/raw.c \
+	$(NULL)

@@ -1,0 +1,14 @@
+# GTest programs: one per module, named after the file they test.
+UNIT_TESTS = \
+	tests/unit/common/test-opts \
+	tests/unit/common/test-units \
+	tests/unit/blockdev/test-bitmap \
+	tests/unit/blockdev/test-graph \
+	$(NULL)
+check_PROGRAMS += $(UNIT_TESTS)
+TESTS += $(UNIT_TESTS)
+
+tests_unit_common_test_opts_LDADD = $(FERRY_LIBS)
+tests_unit_common_test_units_LDADD = $(FERRY_LIBS)
+tests_unit_blockdev_test_bitmap_LDADD = $(FERRY_LIBS)
+tests_unit_blockdev_test_graph_LDADD = $(FERRY_LIBS)

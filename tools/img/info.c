@@ -1,0 +1,334 @@
+/*
+ * ferry img info: what an image is, in qemu-img info's words (human and
+ * --output=json), optionally for the whole backing chain.
+ */
+#include "config.h"
+
+#include <getopt.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/error.h"
+#include "common/opts.h"
+#include "common/units.h"
+#include "tools/img/img.h"
+#include "tools/img/info.h"
+
+json_t *img_snapshot_to_json(const BlockSnapshotInfo *sn)
+{
+    json_t *o = json_object();
+
+    json_object_set_new(o, "id", json_string(sn->id));
+    json_object_set_new(o, "name", json_string(sn->name ? sn->name : ""));
+    json_object_set_new(o, "vm-state-size", json_integer(sn->vm_state_size));
+    json_object_set_new(o, "date-sec", json_integer(sn->date_sec));
+    json_object_set_new(o, "date-nsec", json_integer(sn->date_nsec));
+    json_object_set_new(o, "vm-clock-sec",
+                        json_integer(sn->vm_clock_nsec / 1000000000));
+    json_object_set_new(o, "vm-clock-nsec",
+                        json_integer(sn->vm_clock_nsec % 1000000000));
+    if (sn->icount != UINT64_MAX) {
+        json_object_set_new(o, "icount", json_integer(sn->icount));
+    }
+    return o;
+}
+
+json_t *img_image_info(BlockNode *bs, const char *display_name, GError **errp)
+{
+    json_t *info = json_object();
+    int64_t size = block_node_getlength(bs);
+    int64_t actual = block_node_allocated_size(bs);
+    BlockImageInfo di = { 0 };
+    BlockNode *backing = block_node_backing(bs);
+
+    if (size < 0) {
+        ferry_error_setg_errno(errp, (int)-size, "cannot get the size of '%s'",
+                               display_name);
+        json_decref(info);
+        return NULL;
+    }
+    json_object_set_new(info, "virtual-size", json_integer(size));
+    json_object_set_new(info, "filename", json_string(display_name));
+    if (bs->drv->get_info) {
+        if (!bs->drv->get_info(bs, &di, errp)) {
+            json_decref(info);
+            return NULL;
+        }
+        if (di.cluster_size > 0) {
+            json_object_set_new(info, "cluster-size",
+                                json_integer(di.cluster_size));
+        }
+    }
+    json_object_set_new(info, "format", json_string(block_node_format(bs)));
+    if (actual >= 0) {
+        json_object_set_new(info, "actual-size", json_integer(actual));
+    }
+    if (di.encrypted) {
+        json_object_set_new(info, "encrypted", json_true());
+    }
+    if (bs->backing_file) {
+        g_autofree char *full = block_backing_path(bs->filename,
+                                                   bs->backing_file);
+        json_object_set_new(info, "backing-filename",
+                            json_string(bs->backing_file));
+        json_object_set_new(info, "full-backing-filename",
+                            json_string(backing && backing->filename
+                                        ? backing->filename : full));
+        if (bs->backing_format) {
+            json_object_set_new(info, "backing-filename-format",
+                                json_string(bs->backing_format));
+        }
+    }
+    if (bs->drv->snapshot_list) {
+        BlockSnapshotInfo *list = NULL;
+        int n = bs->drv->snapshot_list(bs, &list, errp);
+        if (n < 0) {
+            json_decref(info);
+            json_decref(di.format_specific);
+            return NULL;
+        }
+        if (n > 0) {
+            json_t *arr = json_array();
+            for (int i = 0; i < n; i++) {
+                json_array_append_new(arr, img_snapshot_to_json(&list[i]));
+                block_snapshot_info_clear(&list[i]);
+            }
+            json_object_set_new(info, "snapshots", arr);
+        }
+        g_free(list);
+    }
+    if (di.format_specific) {
+        json_object_set_new(info, "format-specific", di.format_specific);
+    }
+    json_object_set_new(info, "dirty-flag", json_boolean(di.dirty_flag));
+    return info;
+}
+
+/* "compression-type" -> "compression type", as qemu-img's human dump. */
+static void dump_value(GString *out, json_t *v, int indent);
+
+static void dump_object(GString *out, json_t *obj, int indent)
+{
+    const char *key;
+    json_t *v;
+
+    json_object_foreach(obj, key, v) {
+        g_autofree char *name = g_strdup(key);
+        for (char *p = name; *p; p++) {
+            if (*p == '-') {
+                *p = ' ';
+            }
+        }
+        g_string_append_printf(out, "%*s%s:", indent, "", name);
+        if (json_is_object(v) || json_is_array(v)) {
+            g_string_append_c(out, '\n');
+            dump_value(out, v, indent + 4);
+        } else {
+            g_string_append_c(out, ' ');
+            dump_value(out, v, 0);
+            g_string_append_c(out, '\n');
+        }
+    }
+}
+
+static void dump_value(GString *out, json_t *v, int indent)
+{
+    size_t i;
+    json_t *e;
+
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        dump_object(out, v, indent);
+        break;
+    case JSON_ARRAY:
+        json_array_foreach(v, i, e) {
+            g_string_append_printf(out, "%*s[%zu]:", indent, "", i);
+            if (json_is_object(e) || json_is_array(e)) {
+                g_string_append_c(out, '\n');
+                dump_value(out, e, indent + 4);
+            } else {
+                g_string_append_c(out, ' ');
+                dump_value(out, e, 0);
+                g_string_append_c(out, '\n');
+            }
+        }
+        break;
+    case JSON_STRING:
+        g_string_append(out, json_string_value(v));
+        break;
+    case JSON_INTEGER:
+        g_string_append_printf(out, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        break;
+    case JSON_REAL:
+        g_string_append_printf(out, "%g", json_real_value(v));
+        break;
+    case JSON_TRUE:
+        g_string_append(out, "true");
+        break;
+    case JSON_FALSE:
+        g_string_append(out, "false");
+        break;
+    default:
+        g_string_append(out, "null");
+        break;
+    }
+}
+
+void img_print_snapshot_table(GString *out, json_t *snapshots)
+{
+    size_t i;
+    json_t *sn;
+
+    g_string_append_printf(out, "%-9s %-17s %8s %20s %13s %11s\n", "ID", "TAG",
+                           "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+    json_array_foreach(snapshots, i, sn) {
+        time_t t = json_integer_value(json_object_get(sn, "date-sec"));
+        uint64_t clock_sec = json_integer_value(json_object_get(sn, "vm-clock-sec"));
+        uint64_t clock_nsec = json_integer_value(json_object_get(sn, "vm-clock-nsec"));
+        json_t *icount = json_object_get(sn, "icount");
+        g_autofree char *vmsize = ferry_size_to_str(
+            json_integer_value(json_object_get(sn, "vm-state-size")));
+        g_autofree char *ic = icount ? g_strdup_printf("%" JSON_INTEGER_FORMAT,
+                                                       json_integer_value(icount))
+                                     : g_strdup("");
+        char date[32];
+        struct tm tm;
+
+        localtime_r(&t, &tm);
+        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+        g_string_append_printf(out, "%-9s %-17s %8s %20s %02u:%02u:%02u.%03u %11s\n",
+                               json_string_value(json_object_get(sn, "id")),
+                               json_string_value(json_object_get(sn, "name")),
+                               vmsize, date,
+                               (unsigned)(clock_sec / 3600),
+                               (unsigned)(clock_sec / 60 % 60),
+                               (unsigned)(clock_sec % 60),
+                               (unsigned)(clock_nsec / 1000000), ic);
+    }
+}
+
+static void print_human(json_t *info)
+{
+    GString *out = g_string_new(NULL);
+    json_t *v;
+    g_autofree char *vsize = ferry_size_to_str(
+        json_integer_value(json_object_get(info, "virtual-size")));
+
+    g_string_append_printf(out, "image: %s\n",
+                           json_string_value(json_object_get(info, "filename")));
+    g_string_append_printf(out, "file format: %s\n",
+                           json_string_value(json_object_get(info, "format")));
+    g_string_append_printf(out, "virtual size: %s (%" JSON_INTEGER_FORMAT " bytes)\n",
+                           vsize,
+                           json_integer_value(json_object_get(info, "virtual-size")));
+    if ((v = json_object_get(info, "actual-size"))) {
+        g_autofree char *s = ferry_size_to_str(json_integer_value(v));
+        g_string_append_printf(out, "disk size: %s\n", s);
+    } else {
+        g_string_append(out, "disk size: unavailable\n");
+    }
+    if ((v = json_object_get(info, "cluster-size"))) {
+        g_string_append_printf(out, "cluster_size: %" JSON_INTEGER_FORMAT "\n",
+                               json_integer_value(v));
+    }
+    if (json_is_true(json_object_get(info, "encrypted"))) {
+        g_string_append(out, "encrypted: yes\n");
+    }
+    if ((v = json_object_get(info, "backing-filename"))) {
+        const char *full = json_string_value(json_object_get(info,
+                                             "full-backing-filename"));
+        g_string_append_printf(out, "backing file: %s", json_string_value(v));
+        if (full && strcmp(full, json_string_value(v))) {
+            g_string_append_printf(out, " (actual path: %s)", full);
+        }
+        g_string_append_c(out, '\n');
+    }
+    if ((v = json_object_get(info, "backing-filename-format"))) {
+        g_string_append_printf(out, "backing file format: %s\n",
+                               json_string_value(v));
+    }
+    if (json_is_true(json_object_get(info, "dirty-flag"))) {
+        g_string_append(out, "cleanly shut down: no\n");
+    }
+    if ((v = json_object_get(info, "snapshots"))) {
+        g_string_append(out, "Snapshot list:\n");
+        img_print_snapshot_table(out, v);
+    }
+    if ((v = json_object_get(info, "format-specific"))) {
+        g_string_append(out, "Format specific information:\n");
+        dump_object(out, json_object_get(v, "data"), 4);
+    }
+    fputs(out->str, stdout);
+    g_string_free(out, TRUE);
+}
+
+int img_info(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "format", required_argument, NULL, 'f' },
+        { "output", required_argument, NULL, IMG_OPT_OUTPUT },
+        { "backing-chain", no_argument, NULL, IMG_OPT_BACKING_CHAIN },
+        { "image-opts", no_argument, NULL, IMG_OPT_IMAGE_OPTS },
+        { "force-share", no_argument, NULL, 'U' },
+        { "object", required_argument, NULL, IMG_OPT_OBJECT },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *fmt = NULL, *filename;
+    bool json = false, chain = false, image_opts = false, force_share = false;
+    g_autoptr(BlockBackend) blk = NULL;
+    g_autoptr(json_t) all = json_array();
+    GError *err = NULL;
+    BlockNode *bs;
+    int c;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "f:hU", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'f': fmt = optarg; break;
+        case 'U': force_share = true; break;
+        case IMG_OPT_OUTPUT:
+            if (!img_parse_output(optarg, &json, &err)) {
+                return img_fail(err);
+            }
+            break;
+        case IMG_OPT_BACKING_CHAIN: chain = true; break;
+        case IMG_OPT_IMAGE_OPTS: image_opts = true; break;
+        default:
+            return img_usage_error("info", "invalid option");
+        }
+    }
+    if (optind != argc - 1) {
+        return img_usage_error("info", "expecting one image name");
+    }
+    filename = argv[optind];
+    blk = img_open(filename, fmt, image_opts,
+                   (force_share ? BLOCK_O_FORCE_SHARE : 0) | BLOCK_O_CHECK |
+                   (chain ? 0 : BLOCK_O_NO_BACKING),
+                   NULL, &err);
+    if (!blk) {
+        return img_fail(err);
+    }
+    bs = blk_node(blk);
+    for (BlockNode *cur = bs; cur; cur = chain ? block_node_backing(cur) : NULL) {
+        json_t *info = img_image_info(cur, cur == bs ? filename : cur->filename,
+                                      &err);
+        if (!info) {
+            return img_fail(err);
+        }
+        json_array_append_new(all, info);
+    }
+    if (json) {
+        img_print_json(stdout, chain ? all : json_array_get(all, 0));
+    } else {
+        size_t i;
+        json_t *info;
+        json_array_foreach(all, i, info) {
+            if (i) {
+                printf("\n");
+            }
+            print_human(info);
+        }
+    }
+    return IMG_EXIT_OK;
+}
