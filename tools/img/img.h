@@ -29,6 +29,7 @@ typedef struct ImgCommand {
 
 int img_create(int argc, char **argv);
 int img_info(int argc, char **argv);
+int img_convert(int argc, char **argv);
 
 /* Print "ferry img: <message>" for err (and free it); returns IMG_EXIT_ERROR. */
 int img_fail(GError *err);
