@@ -72,7 +72,13 @@ typedef struct Convert {
 
     /* -- shared between workers: guarded by lock -- */
     GMutex lock;
-    GCond turn_cond;         /* write_seq moved or an error was set */
+    /*
+     * In order, the chunks in flight are [write_seq, next_seq), at most one
+     * per worker, so chunk seq waits on turn_conds[seq % nworkers] alone:
+     * finishing a write wakes the one worker whose turn it is.
+     */
+    GCond *turn_conds;
+    int nworkers;
     int64_t next;            /* bytes: next offset to hand out */
     uint64_t next_seq;
     uint64_t write_seq;      /* in order: the chunk that may write now */
@@ -84,6 +90,13 @@ typedef struct Convert {
     uint64_t rate_bytes;     /* bytes charged to the rate limit so far */
     gint64 rate_start_us;
 } Convert;
+
+static void wake_all_locked(Convert *s)
+{
+    for (int i = 0; i < s->nworkers; i++) {
+        g_cond_broadcast(&s->turn_conds[i]);
+    }
+}
 
 /* Record the first error; later ones are consequences and dropped. */
 static void convert_set_error(Convert *s, int ret, const char *fmt, ...)
@@ -100,7 +113,7 @@ static void convert_set_error(Convert *s, int ret, const char *fmt, ...)
         va_end(ap);
         s->ret = ret;
     }
-    g_cond_broadcast(&s->turn_cond);
+    wake_all_locked(s);
     g_mutex_unlock(&s->lock);
 }
 
@@ -170,7 +183,7 @@ static bool claim_chunk_locked(Convert *s, ConvertChunk *c)
                                          "status of '%s' at byte %" G_GINT64_FORMAT
                                          ": %s", src->spec, s->next - src->start,
                                          g_strerror(-ret));
-            g_cond_broadcast(&s->turn_cond);
+            wake_all_locked(s);
             return false;
         }
     }
@@ -194,7 +207,7 @@ static bool wait_turn(Convert *s, uint64_t seq)
     }
     g_mutex_lock(&s->lock);
     while (s->write_seq != seq && !s->ret) {
-        g_cond_wait(&s->turn_cond, &s->lock);
+        g_cond_wait(&s->turn_conds[seq % s->nworkers], &s->lock);
     }
     ok = !s->ret;
     g_mutex_unlock(&s->lock);
@@ -208,7 +221,7 @@ static void end_turn(Convert *s, uint64_t seq)
     }
     g_mutex_lock(&s->lock);
     s->write_seq = seq + 1;
-    g_cond_broadcast(&s->turn_cond);
+    g_cond_signal(&s->turn_conds[s->write_seq % s->nworkers]);
     g_mutex_unlock(&s->lock);
 }
 
@@ -430,6 +443,11 @@ static int convert_run(Convert *s, int workers)
         s->zero_buf = zero;
     }
     s->rate_start_us = g_get_monotonic_time();
+    s->nworkers = workers;
+    s->turn_conds = g_new(GCond, workers);
+    for (int i = 0; i < workers; i++) {
+        g_cond_init(&s->turn_conds[i]);
+    }
     for (int i = 0; i < workers; i++) {
         g_autofree char *name = g_strdup_printf("convert%d", i);
         threads[i] = g_thread_new(name, convert_worker, s);
@@ -669,8 +687,11 @@ static void convert_cleanup(Convert *s)
     }
     g_free(s->src);
     g_free(s->err_msg);
+    for (int i = 0; i < s->nworkers; i++) {
+        g_cond_clear(&s->turn_conds[i]);
+    }
+    g_free(s->turn_conds);
     g_mutex_clear(&s->lock);
-    g_cond_clear(&s->turn_cond);
 }
 
 /* Everything after the options are parsed; 0 or IMG_EXIT_ERROR. */
@@ -682,7 +703,6 @@ static int convert_main(ConvertOpts *o, char **specs, int nspecs,
     int workers, ret;
 
     g_mutex_init(&s.lock);
-    g_cond_init(&s.turn_cond);
     s.st_start = s.st_end = -1;
     if (open_sources(&s, o, specs, nspecs, &err) < 0) {
         goto fail;
