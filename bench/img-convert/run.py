@@ -233,7 +233,7 @@ def main():
         sys.exit("ferry not found at %s: build it first" % args.ferry)
     if not shutil.which("qemu-img"):
         sys.exit("qemu-img is not installed")
-    args.ferry_version = "ferry " + subprocess.run(
+    args.ferry_version = subprocess.run(
         [args.ferry, "img", "--version"], capture_output=True,
         text=True).stdout.strip().split(" (")[0].split("version ")[-1]
     args.qemu_version = subprocess.run(
