@@ -636,7 +636,12 @@ static bool create_target(Convert *s, const ConvertOpts *o,
 static bool open_target(Convert *s, const ConvertOpts *o, const char *out,
                         GError **errp)
 {
-    uint32_t flags = BLOCK_O_RDWR | BLOCK_O_NO_BACKING | BLOCK_O_NO_BITMAPS |
+    /*
+     * The target's backing is opened (read-only), as qemu-img does: a format
+     * decides whether a zero write may leave a cluster unallocated by
+     * whether it has a backing node.
+     */
+    uint32_t flags = BLOCK_O_RDWR | BLOCK_O_NO_BITMAPS |
                      (o->sparse ? BLOCK_O_UNMAP : 0);
     int64_t len;
 
