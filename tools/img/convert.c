@@ -717,6 +717,14 @@ static int convert_main(ConvertOpts *o, char **specs, int nspecs,
                         "--bitmaps only works with a single source");
         goto fail;
     }
+    if (o->bitmaps &&
+        !(block_node_skip_filters(s.src[0].bs)->drv->caps & BLOCK_CAP_BITMAPS)) {
+        /* Saying nothing would silently drop the user's bitmaps. */
+        ferry_error_set(&err, FERRY_ERROR_UNSUPPORTED,
+                        "--bitmaps: ferry cannot read persistent bitmaps of "
+                        "format '%s'", block_node_format(s.src[0].bs));
+        goto fail;
+    }
     if (!o->skip_create && !create_target(&s, o, out, &err)) {
         goto fail;
     }
@@ -749,16 +757,16 @@ static int convert_main(ConvertOpts *o, char **specs, int nspecs,
                                       "convert", s.total);
     }
     ret = convert_run(&s, workers);
+    if (ret == 0 && o->bitmaps && !copy_bitmaps(s.src[0].bs, s.tbs, &err)) {
+        ferry_progress_finish(s.progress);
+        goto fail;
+    }
     if (ret == 0) {
         ret = blk_flush(s.target);
         if (ret < 0) {
             s.err_msg = g_strdup_printf("error while flushing '%s': %s", out,
                                         g_strerror(-ret));
         }
-    }
-    if (ret == 0 && o->bitmaps && !copy_bitmaps(s.src[0].bs, s.tbs, &err)) {
-        ferry_progress_finish(s.progress);
-        goto fail;
     }
     if (ret < 0) {
         /* The progress line stays where it stopped: no false 100%. */

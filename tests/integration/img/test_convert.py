@@ -442,3 +442,91 @@ def test_convert_with_backing_writes_only_differences(ferry, qemu_img,
     m = qemu_img("map", "--output=json", out).json()
     own = [e for e in m if e["depth"] == 0 and e["present"]]
     assert sum(e["length"] for e in own) == 128 * KiB
+
+
+def test_convert_flattens_a_backing_chain(ferry, qemu_img, tmp_path):
+    need_qcow2(ferry)
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-f", "qcow2", base, "8M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 4M",
+                    str(base)], check=True, capture_output=True)
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x22 1M 64k",
+                    "-c", "write -z 2M 1M", str(top)], check=True,
+                   capture_output=True)
+    for fmt in ("raw", "qcow2"):
+        ours, theirs = tmp_path / ("f." + fmt), tmp_path / ("q." + fmt)
+        ferry("img", "convert", "-O", fmt, top, ours)
+        qemu_img("convert", "-O", fmt, top, theirs)
+        qemu_img("compare", "-F", fmt, top, ours)
+        qemu_img("compare", ours, theirs)
+        if fmt == "qcow2":
+            qemu_img("check", ours)
+            assert "backing-filename" not in \
+                qemu_img("info", "--output=json", ours).json()
+            assert data_extents(qemu_img, ours, "qcow2") == \
+                data_extents(qemu_img, theirs, "qcow2")
+
+
+def test_convert_n_into_existing_qcow2_and_sparse_zero(ferry, qemu_img,
+                                                       tmp_path):
+    need_qcow2(ferry)
+    src = tmp_path / "src.raw"
+    mixed_image(src, size=8 * MiB)
+    tgt = tmp_path / "old.qcow2"
+    qemu_img("create", "-f", "qcow2", tgt, "8M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x77 0 8M",
+                    str(tgt)], check=True, capture_output=True)
+    ferry("img", "convert", "-n", "-O", "qcow2", src, tgt)
+    qemu_img("check", tgt)
+    qemu_img("compare", "-f", "raw", "-F", "qcow2", src, tgt)
+    # -S 0: every cluster allocated with data, as qemu-img does
+    full, qfull = tmp_path / "full.qcow2", tmp_path / "qfull.qcow2"
+    ferry("img", "convert", "-S", "0", "-O", "qcow2", src, full)
+    qemu_img("convert", "-S", "0", "-f", "raw", "-O", "qcow2", src, qfull)
+    qemu_img("check", full)
+    qemu_img("compare", "-f", "raw", "-F", "qcow2", src, full)
+    assert data_extents(qemu_img, full, "qcow2") == [(0, 8 * MiB)]
+    assert data_extents(qemu_img, qfull, "qcow2") == [(0, 8 * MiB)]
+
+
+def test_convert_compressed_odd_size_and_cluster_size(ferry, qemu_img,
+                                                      tmp_path):
+    need_qcow2(ferry)
+    src = tmp_path / "odd.raw"
+    mixed_image(src, size=3 * MiB + 5 * 512, seed=9)
+    out = tmp_path / "c.qcow2"
+    ferry("img", "convert", "-c", "-o", "cluster_size=16k", "-O", "qcow2",
+          src, out)
+    qemu_img("check", out)
+    qemu_img("compare", "-f", "raw", "-F", "qcow2", src, out)
+    info = qemu_img("info", "--output=json", out).json()
+    assert info["cluster-size"] == 16384
+    theirs = tmp_path / "q.qcow2"
+    qemu_img("convert", "-c", "-o", "cluster_size=16k", "-f", "raw", "-O",
+             "qcow2", src, theirs)
+    # the same clusters compressed with the same zlib settings: sizes close
+    assert abs(os.path.getsize(out) - os.path.getsize(theirs)) <= 128 * KiB
+
+
+def test_convert_qcow2_out_of_order_and_m1(ferry, qemu_img, tmp_path):
+    need_qcow2(ferry)
+    src = tmp_path / "src.qcow2"
+    raw = tmp_path / "src.raw"
+    mixed_image(raw, size=16 * MiB, seed=13)
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, src)
+    for args in (["-m", "1"], ["-m", "8", "-W"], ["-m", "16", "-W", "-c"]):
+        out = tmp_path / ("o%s.qcow2" % "".join(args))
+        ferry("img", "convert", *args, "-O", "qcow2", src, out)
+        qemu_img("check", out)
+        qemu_img("compare", "-f", "raw", "-F", "qcow2", raw, out)
+
+
+def test_convert_bitmaps_needs_a_format_with_bitmaps(ferry, tmp_path):
+    src = tmp_path / "src.raw"
+    pattern_file(src, 1 * MiB)
+    r = ferry("img", "convert", "--bitmaps", src, tmp_path / "o.raw",
+              check=False)
+    assert r.rc == 1 and "--bitmaps" in r.err
+    assert len(r.err.strip().splitlines()) == 1
