@@ -50,11 +50,11 @@ static int read_table(Qcow2State *s, uint64_t off, uint64_t len, void *buf)
 }
 
 /* Walk one L2 table: data clusters, and (active) fragmentation counts. */
-static void walk_l2(CheckCtx *c, const uint8_t *l2, bool active,
-                    uint64_t *next_contig)
+static void walk_l2(CheckCtx *c, const uint8_t *l2, bool active)
 {
     Qcow2State *s = c->s;
     uint64_t cs = s->cluster_size;
+    uint64_t contig = 0, *next_contig = &contig;   /* per table, as qemu-img */
 
     for (uint64_t i = 0; i < s->l2_entries; i++) {
         uint64_t e = qcow2_l2e_get(s, l2, i);
@@ -109,7 +109,6 @@ static void walk_l1(CheckCtx *c, uint64_t l1_off, uint64_t l1_size,
     uint64_t cs = s->cluster_size;
     g_autofree uint64_t *l1 = NULL;
     g_autofree uint8_t *l2 = g_malloc(cs);
-    uint64_t next_contig = 0;
 
     inc(c, l1_off, l1_size * 8, "L1 table");
     if (!l1_host) {
@@ -139,7 +138,7 @@ static void walk_l1(CheckCtx *c, uint64_t l1_off, uint64_t l1_size,
             c->res->check_errors++;
             continue;
         }
-        walk_l2(c, l2, active, &next_contig);
+        walk_l2(c, l2, active);
     }
 }
 
@@ -235,6 +234,24 @@ static void walk_refcounts(CheckCtx *c)
             continue;
         }
         inc(c, off, s->cluster_size, "refcount block");
+    }
+}
+
+/* The rebuilt refcounts replace the old structures: stop counting them. */
+static void uncount_refcounts(CheckCtx *c)
+{
+    Qcow2State *s = c->s;
+    uint64_t first = s->reftable_offset >> s->cluster_bits;
+
+    for (uint64_t i = first; i < first + s->reftable_clusters && i < c->nb; i++) {
+        c->rc[i]--;
+    }
+    for (uint64_t i = 0; i < s->reftable_size; i++) {
+        uint64_t ci = s->reftable[i] >> s->cluster_bits;
+        if (s->reftable[i] && !(s->reftable[i] & (s->cluster_size - 1)) &&
+            ci < c->nb) {
+            c->rc[ci]--;
+        }
     }
 }
 
@@ -385,6 +402,7 @@ static bool run_check(Qcow2State *s, BlockCheckResult *res, uint32_t fix,
 
     if (((fix & BLOCK_FIX_ERRORS) && res->corruptions) ||
         ((fix & BLOCK_FIX_LEAKS) && leaks)) {
+        uncount_refcounts(&c);
         if (!qcow2_rebuild_refcounts(s, c.rc, c.nb, errp)) {
             g_free(c.rc);
             return false;

@@ -25,6 +25,7 @@ const BlockCreateOpt qcow2_create_opts[] = {
       "Encrypt the image with format 'aes' (not supported)" },
     { "encrypt.format", BLOCK_OPT_STRING,
       "Encrypt the image, format choices: 'aes', 'luks' (not supported)" },
+    { "encrypt", BLOCK_OPT_STRING, "Encryption options (not supported)" },
     { "cluster_size", BLOCK_OPT_SIZE, "qcow2 cluster size" },
     { "extended_l2", BLOCK_OPT_BOOL, "Extended L2 tables" },
     { "preallocation", BLOCK_OPT_STRING,

@@ -241,6 +241,53 @@ static int cmd_map(BlockBackend *blk)
     return 0;
 }
 
+/*
+ * check [-r leaks|all]: the driver's check, printed as qemu-img check's
+ * summary plus one "check: key=value ..." line for scripts.
+ */
+static int cmd_check(BlockBackend *blk, int argc, char **argv)
+{
+    BlockNode *bs = blk_node(blk);
+    BlockCheckResult res = { 0 };
+    uint32_t fix = 0;
+    GError *err = NULL;
+
+    if (argc == 3 && !strcmp(argv[1], "-r")) {
+        fix = !strcmp(argv[2], "all") ? BLOCK_FIX_LEAKS | BLOCK_FIX_ERRORS
+              : !strcmp(argv[2], "leaks") ? BLOCK_FIX_LEAKS : 0;
+    }
+    if (!bs->drv->check) {
+        printf("check: format %s cannot be checked\n", block_node_format(bs));
+        return -1;
+    }
+    block_node_drain_begin(bs);
+    if (!bs->drv->check(bs, &res, fix, &err)) {
+        block_node_drain_end(bs);
+        printf("check failed: %s\n", err->message);
+        g_error_free(err);
+        return -1;
+    }
+    block_node_drain_end(bs);
+    if (res.leaks_fixed || res.corruptions_fixed) {
+        printf("The following inconsistencies were found and repaired:\n\n"
+               "    %" G_GINT64_FORMAT " leaked clusters\n    %" G_GINT64_FORMAT
+               " corruptions\n\n", res.leaks_fixed, res.corruptions_fixed);
+    }
+    if (!res.corruptions && !res.leaks && !res.check_errors) {
+        printf("No errors were found on the image.\n");
+    }
+    printf("check: corruptions=%" G_GINT64_FORMAT " leaks=%" G_GINT64_FORMAT
+           " check-errors=%" G_GINT64_FORMAT " corruptions-fixed=%" G_GINT64_FORMAT
+           " leaks-fixed=%" G_GINT64_FORMAT " image-end-offset=%" G_GINT64_FORMAT
+           " total-clusters=%" G_GINT64_FORMAT " allocated-clusters=%"
+           G_GINT64_FORMAT " fragmented-clusters=%" G_GINT64_FORMAT
+           " compressed-clusters=%" G_GINT64_FORMAT "\n", res.corruptions,
+           res.leaks, res.check_errors, res.corruptions_fixed, res.leaks_fixed,
+           res.image_end_offset, res.total_clusters, res.allocated_clusters,
+           res.fragmented_clusters, res.compressed_clusters);
+    return res.corruptions || res.check_errors ? -1 : 0;
+}
+
 static int run_command(BlockBackend *blk, const char *line)
 {
     g_auto(GStrv) argv = NULL;
@@ -274,6 +321,8 @@ static int run_command(BlockBackend *blk, const char *line)
         }
         printf("%s\n", s);
         return 0;
+    } else if (!strcmp(argv[0], "check")) {
+        return cmd_check(blk, argc, argv);
     } else if (!strcmp(argv[0], "map")) {
         return cmd_map(blk);
     } else if (!strcmp(argv[0], "truncate")) {
