@@ -5,4 +5,5 @@ ferry_SOURCES += \
 	tools/img/info.c tools/img/info.h \
 	tools/img/convert.c \
 	tools/img/convert-plan.c tools/img/convert-plan.h \
+	tools/io/io.c \
 	$(NULL)
