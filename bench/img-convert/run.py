@@ -11,7 +11,7 @@ fsync of the output, so written data has reached the disk; page cache is
 dropped before every run when we are root (echo 3 > /proc/sys/vm/drop_caches),
 the same for both tools.  Writes bench/results/img-convert.md.
 
-    bench/img-convert/run.py [--size 4G] [--reps 3] [--rows raw-raw,...]
+    bench/img-convert/run.py [--size 4G] [--reps 5] [--rows raw-raw,...]
 """
 import argparse
 import datetime
@@ -139,7 +139,8 @@ def run_row(row, args, srcs, workdir, drop):
     cpus = {"ferry": [], "qemu-img": []}
     checks = {}
     sizes = {}
-    for rep in range(args.reps):
+    reps = args.reps_compressed if "-c" in extra else args.reps
+    for rep in range(reps):
         order = ["ferry", "qemu-img"] if rep % 2 == 0 else ["qemu-img", "ferry"]
         for tool in order:
             if os.path.exists(out):
@@ -149,7 +150,7 @@ def run_row(row, args, srcs, workdir, drop):
             cpus[tool].append(cpu)
             log("  %-16s rep %d %-8s %7.2f s  cpu %6.2f s" %
                 (name, rep + 1, tool, wall, cpu))
-            if rep == args.reps - 1:
+            if rep == reps - 1:
                 # verify each tool's output of the last repetition
                 checks[tool] = verify(src, src_fmt, out, out_fmt)
                 sizes[tool] = os.stat(out).st_blocks * 512
@@ -175,11 +176,11 @@ def write_table(path, args, size, results, skipped, bw, drop, counts):
     lines.append("Source: %s virtual, generated from seed %d (%s); the qcow2 "
                  "source is made from it by qemu-img." % (
                      args.size, args.seed, counts))
-    lines.append("Median of %d runs per tool, alternating ferry and qemu-img "
-                 "(order flipped each repetition). MB/s = virtual size / wall "
+    lines.append("Median of %d runs per tool (%d for -c), alternating ferry "
+                 "and qemu-img (order flipped each repetition). MB/s = virtual size / wall "
                  "time, MB = 10^6 bytes; wall time includes an fsync of the "
                  "output. Page cache: %s." % (
-                     args.reps,
+                     args.reps, args.reps_compressed,
                      "dropped before every run (echo 3 > "
                      "/proc/sys/vm/drop_caches), for both tools" if drop else
                      "NOT dropped (not root), source read from cache"))
@@ -216,7 +217,9 @@ def write_table(path, args, size, results, skipped, bw, drop, counts):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="4G")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps-compressed", type=int, default=3,
+                    help="repetitions for the -c row (it takes longest)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rows", default=",".join(r[0] for r in ROWS))
     ap.add_argument("--dir", default=os.environ.get(
