@@ -63,9 +63,13 @@ def fsync_path(path):
         os.close(fd)
 
 
+LOADS = []     # 1-minute load average at the start of every timed run
+
+
 def timed(cmd, out, drop):
     """Wall and CPU seconds of cmd, including the fsync of its output."""
     drop_caches(drop)
+    LOADS.append(os.getloadavg()[0])
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -187,6 +191,12 @@ def write_table(path, args, size, results, skipped, bw, drop, counts):
     lines.append("Disk sequential bandwidth in the same run: write %.0f MB/s "
                  "(dd bs=4M conv=fdatasync), read %.0f MB/s (dd bs=4M, cold "
                  "cache)." % (bw[0] / 1e6, bw[1] / 1e6))
+    if LOADS:
+        lines.append("1-minute load average at the start of the runs: %.1f to "
+                     "%.1f (median %.1f) on %d cores; other jobs on the "
+                     "machine make single runs noisy, hence medians." % (
+                         min(LOADS), max(LOADS), statistics.median(LOADS),
+                         os.cpu_count() or 0))
     lines.append("")
     lines.append("| row | ferry / qemu-img | ferry MB/s | qemu-img MB/s | "
                  "ferry s | qemu-img s | ferry CPU s | qemu-img CPU s | "

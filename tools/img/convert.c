@@ -832,6 +832,8 @@ static bool check_opts(const ConvertOpts *o, GError **errp)
         bad = "--target-is-zero needs -n (it describes an existing target)";
     } else if (o->target_image_opts && !o->skip_create) {
         bad = "--target-image-opts needs -n (the target must exist)";
+    } else if (o->skip_create && o->o_args->len) {
+        bad = "-o cannot be used with -n (the target already exists)";
     } else if (o->skip_create && o->backing) {
         bad = "-B cannot be used with -n (the target already exists)";
     } else if (o->backing_fmt && !o->backing) {

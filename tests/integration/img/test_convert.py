@@ -274,6 +274,8 @@ def test_convert_rate_limit_slows_down(ferry, tmp_path):
     (["-t", "bogus"], "invalid cache mode 'bogus'"),
     (["-c", "-O", "raw"], "compression (-c) is not supported by format 'raw'"),
     (["-F", "raw"], "-F (backing format) needs -B"),
+    (["-n", "-o", "preallocation=full"], "-o cannot be used with -n"),
+    (["-l", "snap1"], "-l (convert from an internal snapshot) is not supported"),
 ])
 def test_convert_bad_arguments_are_one_line(ferry, tmp_path, args, needle):
     src = tmp_path / "src.raw"
