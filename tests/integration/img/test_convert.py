@@ -96,8 +96,9 @@ def test_convert_raw_matches_qemu_img(ferry, qemu_img, tmp_path):
         assert covered(ext_theirs, s, l), (s, l, ext_theirs)
     blocks_ours = os.stat(ours).st_blocks * 512
     blocks_theirs = os.stat(theirs).st_blocks * 512
-    assert blocks_ours <= blocks_theirs
-    assert blocks_ours >= blocks_theirs - 64 * KiB
+    # st_blocks also counts ext4's extent tree blocks, which vary a little
+    # with the order writes reach the file system
+    assert abs(blocks_ours - blocks_theirs) <= 64 * KiB
     assert blocks_ours < os.stat(src).st_blocks * 512   # zeroes became holes
 
 
