@@ -3,4 +3,16 @@ ferry_SOURCES += \
 	tools/img/img.c tools/img/img.h \
 	tools/img/create.c \
 	tools/img/info.c tools/img/info.h \
+	tools/img/json-out.c \
+	tools/img/chain.c \
+	tools/img/check.c \
+	tools/img/map.c \
+	tools/img/compare.c \
+	tools/img/resize.c \
+	tools/img/measure.c \
+	tools/img/commit.c \
+	tools/img/rebase.c \
+	tools/img/snapshot.c \
+	tools/img/bitmap.c \
+	tools/img/amend.c \
 	$(NULL)
