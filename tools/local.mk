@@ -3,6 +3,10 @@ ferry_SOURCES += \
 	tools/img/img.c tools/img/img.h \
 	tools/img/create.c \
 	tools/img/info.c tools/img/info.h \
+	$(NULL)
+
+# ferry img subcommands beyond create/info: one file each
+ferry_SOURCES += \
 	tools/img/json-out.c \
 	tools/img/chain.c \
 	tools/img/check.c \
