@@ -594,7 +594,8 @@ BlockNode *block_node_open_opts(json_t *in_opts, uint32_t flags, uint32_t perm,
 {
     g_autoptr(json_t) opts = json_deep_copy(in_opts);
     const char *driver = ferry_opt_str(opts, "driver");
-    const char *filename = ferry_opt_str(opts, "filename");
+    /* A copy: "filename" is deleted from opts before the last use. */
+    g_autofree char *filename = g_strdup(ferry_opt_str(opts, "filename"));
     const BlockDriver *drv, *proto;
     BlockNode *file, *bs;
     json_t *fopts;

@@ -12,12 +12,14 @@
 
 extern const BlockDriver file_driver;
 extern const BlockDriver raw_driver;
+extern const BlockDriver qcow2_driver;
 extern const BlockDriver null_co_driver;
 extern const BlockDriver null_aio_driver;
 
 const BlockDriver *const block_drivers[] = {
     &file_driver,
     &raw_driver,
+    &qcow2_driver,
     &null_co_driver,
     &null_aio_driver,
     NULL,

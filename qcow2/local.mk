@@ -1,0 +1,10 @@
+libferry_a_SOURCES += \
+	qcow2/internal.h \
+	qcow2/qcow2.c \
+	qcow2/cache.c \
+	qcow2/cluster.c \
+	qcow2/refcount.c \
+	qcow2/compress.c \
+	qcow2/create.c \
+	qcow2/check.c \
+	$(NULL)
