@@ -30,7 +30,7 @@ def qemu_io_script(img, fmt, cmds):
     with tempfile.NamedTemporaryFile("w", delete=False) as f:
         f.write("\n".join(cmds) + "\n")
     try:
-        subprocess.run("qemu-io -f %s %s < %s" % (fmt, img, f.name), shell=True,
+        subprocess.run("qemu-io -t unsafe -f %s %s < %s" % (fmt, img, f.name), shell=True,
                        check=True, capture_output=True)
     finally:
         os.unlink(f.name)

@@ -290,6 +290,8 @@ typedef struct Qcow2Map {
     uint64_t bytes;         /* length of the run from the asked offset */
     uint64_t host;          /* host offset of the run's start (NORMAL, ZERO_ALLOC) */
     uint64_t entry;         /* the L2 entry (COMPRESSED) */
+    bool unalloc_host;      /* UNALLOCATED subclusters of an allocated cluster:
+                               host is valid (block status reports it) */
 } Qcow2Map;
 
 static int check_data_offset(Qcow2State *s, uint64_t host, uint64_t guest)
@@ -358,11 +360,14 @@ static int map_range(Qcow2State *s, uint64_t offset, uint64_t bytes,
                 }
             }
         }
+        bool unalloc_host = t == QCOW2_CL_UNALLOCATED && host_set(s, entry);
         if (pos == offset) {
             m->type = t;
             m->host = host;
-        } else if (t != m->type ||
-                   (t == QCOW2_CL_NORMAL && host != m->host + (pos - offset))) {
+            m->unalloc_host = unalloc_host;
+        } else if (t != m->type || unalloc_host != m->unalloc_host ||
+                   ((t == QCOW2_CL_NORMAL || unalloc_host) &&
+                    host != m->host + (pos - offset))) {
             break;
         }
         pos = piece_end;
@@ -1206,7 +1211,9 @@ static int status_of(Qcow2State *s, Qcow2Map *m)
 {
     switch (m->type) {
     case QCOW2_CL_UNALLOCATED:
-        return 0;
+        /* As QEMU: a subcluster not yet written in an allocated cluster
+         * still has its host offset (qemu-img map prints it). */
+        return m->unalloc_host ? BLOCK_STATUS_OFFSET_VALID : 0;
     case QCOW2_CL_ZERO_PLAIN:
         return BLOCK_STATUS_ZERO | BLOCK_STATUS_ALLOCATED;
     case QCOW2_CL_ZERO_ALLOC:

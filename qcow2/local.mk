@@ -8,3 +8,6 @@ libferry_a_SOURCES += \
 	qcow2/create.c \
 	qcow2/check.c \
 	$(NULL)
+
+# measure and make_empty, for ferry img measure and commit
+libferry_a_SOURCES += qcow2/measure.c $(NULL)

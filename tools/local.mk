@@ -9,7 +9,9 @@ ferry_SOURCES += \
 # ferry img subcommands beyond create/info: one file each
 ferry_SOURCES += \
 	tools/img/json-out.c \
+	tools/img/snapshot-table.c \
 	tools/img/chain.c \
+	tools/img/qemu-caps.c \
 	tools/img/check.c \
 	tools/img/map.c \
 	tools/img/compare.c \

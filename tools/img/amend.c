@@ -84,7 +84,8 @@ int img_amend(int argc, char **argv)
     if (!bs->drv->amend) {
         img_error("Format driver '%s' does not support option amendment%s",
                   block_node_format(bs),
-                  bs->drv->caps & BLOCK_CAP_BACKING ? " yet" : "");
+                  img_qemu_format_has(block_node_format(bs), IMG_QEMU_AMEND)
+                  ? " yet" : "");
         return IMG_EXIT_ERROR;
     }
     opts = img_parse_create_opts(o_args, &err);

@@ -176,7 +176,8 @@ static bool can_persist(BlockNode *bs)
     if (bs->drv->bitmaps_store) {
         return true;
     }
-    if (bs->drv->caps & BLOCK_CAP_BITMAPS) {
+    if ((bs->drv->caps & BLOCK_CAP_BITMAPS) ||
+        img_qemu_format_has(block_node_format(bs), IMG_QEMU_BITMAPS)) {
         img_error("format '%s' does not support persistent bitmaps yet",
                   block_node_format(bs));
     } else {

@@ -118,7 +118,27 @@ static int check_zero(CmpState *s, CmpImage *im, int64_t offset, int64_t len)
     at = first_nonzero_sector(im->buf, len);
     if (at >= 0) {
         verdict(s, false, "Content mismatch at offset %" G_GINT64_FORMAT "!\n",
-            offset + at);
+                offset + at);
+        return CMP_EXIT_DIFFERENT;
+    }
+    return 0;
+}
+
+/* Both sides have data here: read both, compare sector by sector. */
+static int compare_data(CmpState *s, int64_t offset, int64_t len)
+{
+    CmpImage *a = &s->img[0], *b = &s->img[1];
+    int64_t at;
+    int ret;
+
+    if ((ret = read_chunk(a, offset, len, a->buf)) ||
+        (ret = read_chunk(b, offset, len, b->buf))) {
+        return ret;
+    }
+    at = first_diff_sector(a->buf, b->buf, len);
+    if (at >= 0) {
+        verdict(s, false, "Content mismatch at offset %" G_GINT64_FORMAT "!\n",
+                offset + at);
         return CMP_EXIT_DIFFERENT;
     }
     return 0;
@@ -172,17 +192,10 @@ static int compare_common(CmpState *s, int64_t end)
             /* both read as zeroes */
         } else if (is_allocated(st1) == is_allocated(st2)) {
             if (is_allocated(st1)) {
-                int64_t at;
                 chunk = MIN(chunk, CMP_CHUNK);
-                if ((ret = read_chunk(a, offset, chunk, a->buf)) ||
-                    (ret = read_chunk(b, offset, chunk, b->buf))) {
+                ret = compare_data(s, offset, chunk);
+                if (ret) {
                     return ret;
-                }
-                at = first_diff_sector(a->buf, b->buf, chunk);
-                if (at >= 0) {
-                    verdict(s, false, "Content mismatch at offset %" G_GINT64_FORMAT
-                        "!\n", offset + at);
-                    return CMP_EXIT_DIFFERENT;
                 }
             }
         } else {

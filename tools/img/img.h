@@ -89,6 +89,16 @@ char *img_json_to_qemu_text(json_t *json);
  */
 BlockNode *img_find_backing_image(BlockNode *bs, const char *name);
 
+/* qemu-caps.c: does QEMU 7.2's driver for fmt have this feature? */
+typedef enum {
+    IMG_QEMU_CHECK,
+    IMG_QEMU_SNAPSHOTS,
+    IMG_QEMU_BITMAPS,
+    IMG_QEMU_AMEND,
+    IMG_QEMU_BACKING,
+} ImgQemuFeature;
+bool img_qemu_format_has(const char *fmt, ImgQemuFeature feature);
+
 /* Human progress (-p) or JSON (--progress=json) from the common flags. */
 FerryProgress *img_progress_new(bool enabled, FerryProgressMode mode,
                                 const char *op, uint64_t total);

@@ -311,7 +311,9 @@ static bool check_can_rebase(BlockNode *bs, const char *backing,
         img_error("Could not change the backing file to '%s': format '%s' "
                   "does not support backing files%s", backing ? backing : "",
                   block_node_format(bs),
-                  bs->drv->caps & BLOCK_CAP_BACKING ? " yet" : "");
+                  (bs->drv->caps & BLOCK_CAP_BACKING) ||
+                  img_qemu_format_has(block_node_format(bs), IMG_QEMU_BACKING)
+                  ? " yet" : "");
         return false;
     }
     if (backing && *backing && !backing_fmt) {

