@@ -963,7 +963,6 @@ static void zero_entry(Qcow2State *s, uint64_t old, uint64_t obm,
                        bool full, bool backing, uint64_t *entry, uint64_t *bm,
                        bool *drop_host)
 {
-    Qcow2ClusterType t = qcow2_l2e_type(s, old, obm, 0);
     bool compressed = old & QCOW2_OFLAG_COMPRESSED;
 
     *entry = old;
@@ -997,9 +996,11 @@ static void zero_entry(Qcow2State *s, uint64_t old, uint64_t obm,
         *drop_host = host_set(s, old);
         *entry = 0;
     } else if (zero) {
-        if (t == QCOW2_CL_UNALLOCATED && !backing) {
-            return;             /* already reads as zeroes */
-        }
+        /*
+         * Unallocated clusters become zero clusters even without a backing
+         * file, as in QEMU: they must stay zero if one is added later
+         * (rebase, commit).
+         */
         if (!unmap && host_set(s, old) && (old & QCOW2_OFLAG_COPIED)) {
             *entry = (old & (QCOW2_L2E_OFFSET_MASK | QCOW2_OFLAG_COPIED)) |
                      QCOW2_OFLAG_ZERO;
@@ -1039,7 +1040,7 @@ static int zero_or_discard_locked(Qcow2State *s, uint64_t start, uint64_t end,
         if (ret < 0) {
             return ret;
         }
-        if (!l2 && (full || !backing || s->version < 3)) {
+        if (!l2 && (full || s->version < 3 || (!zero && !backing))) {
             start = l2end;      /* nothing allocated, nothing to hide */
             continue;
         }

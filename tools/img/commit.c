@@ -101,7 +101,6 @@ static bool run_copy(CommitJob *job, GError **errp)
         ferry_error_set(errp, FERRY_ERROR_NO_SPACE, "out of memory");
         return false;
     }
-    ferry_progress_set_total(job->progress, len);
     job->start_us = g_get_monotonic_time();
     while (offset < len) {
         int64_t n;
@@ -253,7 +252,8 @@ int img_commit(int argc, char **argv)
         return IMG_EXIT_ERROR;
     }
     job.top = blk;
-    job.progress = img_progress_new(progress, pmode, "commit", 0);
+    job.progress = img_progress_new(progress, pmode, "commit",
+                                    MAX(blk_getlength(blk), 0));
     ok = open_base_for_writing(&job, &err) && run_copy(&job, &err) &&
          (drop || empty_top(top, &err));
     if (ok) {

@@ -31,6 +31,7 @@ typedef struct Rebase {
     int64_t cluster_size;       /* for -c */
     int64_t compressed_end;     /* -c: bytes before this are written */
     uint8_t *buf_old, *buf_new;
+    uint8_t *zeroes;            /* REBASE_CHUNK zero bytes, when needed */
     FerryProgress *progress;
 } Rebase;
 
@@ -91,6 +92,38 @@ static int write_compressed(Rebase *r, int64_t offset, int64_t bytes)
     return ret;
 }
 
+/*
+ * Zeroes that must stay zeroes once the backing file changes.  A driver may
+ * drop a zero write where the image already reads zeroes (no backing file,
+ * or a qcow2 v2 image without zero clusters); then the new backing file
+ * would show through, so those ranges get explicit zero data.
+ */
+static int write_lasting_zeroes(Rebase *r, int64_t offset, int64_t bytes)
+{
+    int64_t pos = offset, end = offset + bytes;
+    int ret = blk_pwrite_zeroes(r->blk, offset, bytes, 0);
+
+    while (ret == 0 && pos < end) {
+        int64_t n;
+        int st = block_node_block_status(r->bs, pos, end - pos, &n, NULL,
+                                         NULL);
+        if (st < 0 || n <= 0) {
+            return st < 0 ? st : -EIO;
+        }
+        if (!(st & BLOCK_STATUS_ALLOCATED)) {
+            if (!r->zeroes && !(r->zeroes = g_try_malloc0(REBASE_CHUNK))) {
+                return -ENOMEM;
+            }
+            for (int64_t o = pos; ret == 0 && o < pos + n; o += REBASE_CHUNK) {
+                ret = blk_pwrite(r->blk, o, MIN(REBASE_CHUNK, pos + n - o),
+                                 r->zeroes, 0);
+            }
+        }
+        pos += n;
+    }
+    return ret;
+}
+
 /* Make [offset, offset+n) of the overlay hold what the old backing reads. */
 static int copy_differences(Rebase *r, int64_t offset, int64_t n,
                             bool old_is_zero)
@@ -107,7 +140,7 @@ static int copy_differences(Rebase *r, int64_t offset, int64_t n,
             if (r->compress) {
                 ret = write_compressed(r, offset + done, run);
             } else if (old_is_zero) {
-                ret = blk_pwrite_zeroes(r->blk, offset + done, run, 0);
+                ret = write_lasting_zeroes(r, offset + done, run);
             } else {
                 ret = blk_pwrite(r->blk, offset + done, run,
                                  r->buf_old + done, 0);
@@ -301,6 +334,7 @@ static void rebase_free(Rebase *r)
     }
     g_free(r->buf_old);
     g_free(r->buf_new);
+    g_free(r->zeroes);
 }
 
 /* Refuse before touching data what the header rewrite would refuse after. */

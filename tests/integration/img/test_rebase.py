@@ -106,3 +106,28 @@ def test_rebase_compressed(ferry, qemu_img, images, tmp_path):
     ferry("img", "rebase", "-c", "-b", "new.qcow2", "-F", "qcow2", top)
     assert qemu_img("compare", top, before).rc == 0
     assert qemu_img("check", "--output=json", top).json().get("compressed-clusters", 0) > 0
+
+
+@pytest.mark.parametrize("compat", ["1.1", "0.10"])
+def test_rebase_standalone_image_keeps_its_zeroes(ferry, qemu_img, images, tmp_path,
+                                                  compat):
+    """An image without a backing file rebased onto one: where it read zeroes
+    it must go on reading zeroes.  (qemu-img 7.2 gets this wrong for compat=0.10:
+    its zero writes vanish and the new backing file shows through.)"""
+    solo = qcow2(qemu_img, images / "solo.qcow2", "8M", "compat=" + compat)
+    qemu_io(solo, "qcow2", "write -P 4 0 64k")
+    back = qcow2(qemu_img, images / "back.qcow2", "8M")
+    qemu_io(back, "qcow2", "write -P 1 0 3M", "write -P 2 6M 64k")
+    before = flat(qemu_img, solo, tmp_path / "before.raw")
+    ferry("img", "rebase", "-b", "back.qcow2", "-F", "qcow2", solo)
+    assert qemu_img("compare", solo, before).rc == 0
+    assert qemu_img("check", solo).rc == 0
+    assert qemu_img("info", "--output=json", solo).json()["backing-filename"] == "back.qcow2"
+    if compat == "1.1":
+        theirs = qcow2(qemu_img, tmp_path / "theirs.qcow2", "8M")
+        qemu_io(theirs, "qcow2", "write -P 4 0 64k")
+        shutil.copy(back, tmp_path / "back.qcow2")
+        qemu_img("rebase", "-b", "back.qcow2", "-F", "qcow2", theirs)
+        # the same zero clusters qemu-img writes
+        assert (qemu_img("map", "--output=json", "--image-opts", alone(solo)).out ==
+                qemu_img("map", "--output=json", "--image-opts", alone(theirs)).out)
