@@ -153,3 +153,11 @@ def test_check_json_key_order_is_qemus(ferry, qemu_img, leaky_qcow2):
     """Scripts that diff qemu-img's JSON get the same bytes."""
     ours, theirs = assert_same(ferry, qemu_img, "check", "--output=json", leaky_qcow2)
     assert list(json.loads(ours.out)) == list(json.loads(theirs.out))
+
+
+def test_check_repair_refuses_force_share(ferry, leaky_qcow2):
+    before = sha(leaky_qcow2)
+    r = ferry("img", "check", "-U", "-r", "leaks", leaky_qcow2, check=False)
+    assert r.rc == 1
+    one_line_error(r)
+    assert sha(leaky_qcow2) == before

@@ -131,3 +131,16 @@ def test_rebase_standalone_image_keeps_its_zeroes(ferry, qemu_img, images, tmp_p
         # the same zero clusters qemu-img writes
         assert (qemu_img("map", "--output=json", "--image-opts", alone(solo)).out ==
                 qemu_img("map", "--output=json", "--image-opts", alone(theirs)).out)
+
+
+def test_rebase_progress(ferry, qemu_img, images):
+    import json
+    top = images / "top.qcow2"
+    r = ferry("img", "rebase", "--progress=json", "-b", "new.qcow2", "-F", "qcow2", top)
+    lines = [json.loads(l) for l in r.err.splitlines() if l.startswith("{")]
+    assert lines[0]["operation"] == "rebase" and lines[0]["percent"] == 0.0
+    assert lines[-1]["final"] and lines[-1]["percent"] == 100.0
+    r = ferry("img", "rebase", "-p", "-b", "old.qcow2", "-F", "qcow2", top)
+    assert "(100.00/100%)" in r.out
+    r = ferry("img", "rebase", "-q", "-p", "-b", "new.qcow2", "-F", "qcow2", top)
+    assert r.out == ""
