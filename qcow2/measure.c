@@ -230,6 +230,18 @@ bool qcow2_measure(json_t *opts, BlockNode *in, uint64_t size,
                        (src->drv == &qcow2_driver ||
                         (src->drv->caps & BLOCK_CAP_BITMAPS));
     if (out->has_bitmaps) {
+        if (src->drv == &qcow2_driver && !src->bitmaps &&
+            ((Qcow2State *)src->opaque)->nb_bitmaps &&
+            (((Qcow2State *)src->opaque)->autoclear &
+             QCOW2_AUTOCLEAR_BITMAPS)) {
+            /* "bitmaps size: 0" would be a wrong figure */
+            ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED,
+                            "'%s' has %u persistent bitmaps, which the qcow2 "
+                            "driver does not load yet: their size cannot be "
+                            "measured", src->filename,
+                            ((Qcow2State *)src->opaque)->nb_bitmaps);
+            return false;
+        }
         out->bitmaps = bitmaps_bytes(src, p.cluster_size);
     }
     return true;

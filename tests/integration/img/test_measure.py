@@ -1,7 +1,8 @@
 """ferry img measure against qemu-img measure: same figures, same text."""
 import pytest
 
-from imgutil import assert_same, need_ferry_qcow2, qcow2, qemu_io, sha, sparse_raw
+from imgutil import (assert_same, need_driver_op, need_ferry_qcow2, qcow2, qemu_io,
+                     sha, sparse_raw)
 
 MiB = 1 << 20
 
@@ -61,3 +62,16 @@ def test_measure_qcow2_from_image_like_qemu(ferry, qemu_img, tmp_path, opts):
         for output in ("human", "json"):
             assert_same(ferry, qemu_img, "measure", "-O", "qcow2",
                         "--output=" + output, img, *opts)
+
+
+def test_measure_counts_source_bitmaps_like_qemu(ferry, qemu_img, tmp_path):
+    need_ferry_qcow2(tmp_path)
+    need_driver_op(tmp_path, "measuring bitmaps (the driver loads them)",
+                   "bitmap", "--add", "SCRATCH", "probe")
+    src = qcow2(qemu_img, tmp_path / "src.qcow2", "1G")
+    qemu_img("bitmap", "--add", src, "b0")
+    qemu_img("bitmap", "--add", "-g", "512", src, "a_longer_bitmap_name")
+    for output in ("human", "json"):
+        for opts in ([], ["-o", "cluster_size=4k"]):
+            assert_same(ferry, qemu_img, "measure", "-O", "qcow2",
+                        "--output=" + output, src, *opts)
