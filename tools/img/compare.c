@@ -169,8 +169,10 @@ static bool is_allocated(int status)
 static int compare_common(CmpState *s, int64_t end)
 {
     CmpImage *a = &s->img[0], *b = &s->img[1];
+    /* -s compares the flags qemu-img compares (EOF included, as there) */
     const int mask = BLOCK_STATUS_DATA | BLOCK_STATUS_ZERO |
-                     BLOCK_STATUS_ALLOCATED;
+                     BLOCK_STATUS_OFFSET_VALID | BLOCK_STATUS_ALLOCATED |
+                     BLOCK_STATUS_EOF;
     int64_t offset = 0;
 
     while (offset < end) {

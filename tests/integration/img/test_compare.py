@@ -100,3 +100,18 @@ def test_compare_qcow2_chain_with_raw(ferry, qemu_img, tmp_path):
     qemu_io(flat, "raw", "write -P 7 %d 1" % (6 * MiB + 4095))
     ours, _ = assert_same(ferry, qemu_img, "compare", top, flat)
     assert ours.rc == 1
+
+
+def test_compare_strict_like_qemu(ferry, qemu_img, tmp_path):
+    """-s compares block status too, flag for flag as qemu-img does."""
+    need_ferry_qcow2(tmp_path)
+    a = sparse_raw(tmp_path / "a.raw", 8 * MiB, [(MiB, 64 * 1024, 1), (3 * MiB, MiB, 2)])
+    b = sparse_raw(tmp_path / "b.raw", 8 * MiB, [(MiB, 64 * 1024, 1), (3 * MiB, MiB, 2),
+                                                 (6 * MiB, 4096, 0)])
+    q = tmp_path / "a.qcow2"
+    qemu_img("convert", "-O", "qcow2", a, q)
+    q2 = tmp_path / "b.qcow2"
+    qemu_img("convert", "-O", "qcow2", a, q2)
+    qemu_io(q2, "qcow2", "write -P 9 5M 1")
+    for x, y in ((a, b), (b, a), (a, q), (q, a), (q, q2), (q2, q), (q, q)):
+        assert_same(ferry, qemu_img, "compare", "-s", x, y)
