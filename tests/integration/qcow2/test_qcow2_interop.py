@@ -389,3 +389,19 @@ def test_autoclear_bits_cleared_and_extensions_kept(ferry, qemu_img, tmp_path):
     assert struct.unpack(">Q", header(img)[88:96])[0] == 1 << 5
     ferry("io", "-c", "write 0 512", img)
     assert struct.unpack(">Q", header(img)[88:96])[0] == 0
+
+
+def test_map_and_length_match_qemu_io(ferry, qemu_img, qemu_io, tmp_path):
+    base = tmp_path / "mb.qcow2"
+    top = tmp_path / "mt.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", base, "16M")
+    qemu_io("-c", "write 0 1M", "-c", "write 10M 100k", "-c", "write -z 12M 1M",
+            base)
+    qemu_img("create", "-q", "-f", "qcow2", "-b", base.name, "-F", "qcow2",
+             top, "16M")
+    ferry("io", "-c", "write 512k 1M", "-c", "write -c 4M 128k",
+          "-c", "write -z 5M 64k", top)
+    for img in (base, top):
+        ours = ferry("io", "-r", "-c", "map", "-c", "length", img).out
+        theirs = qemu_io("-r", "-c", "map", "-c", "length", img).out
+        assert ours == theirs, img
