@@ -286,6 +286,42 @@ static void test_concurrent_overlapping_writes(void)
     blk_unref(blk);
 }
 
+/* Growing with preallocation maps the new clusters; shrinking frees them. */
+static void test_truncate_prealloc_and_shrink(void)
+{
+    g_autofree char *path = make_qcow2("trunc.qcow2", "cluster_size=4k", 1 << 20);
+    BlockBackend *blk = open_rw(path, NULL);
+    BlockNode *bs = blk_node(blk);
+    GError *err = NULL;
+    int64_t pnum, map;
+    BlockNode *file;
+    uint8_t buf[4096];
+    int ret;
+
+    g_assert_true(blk_truncate(blk, 3 << 20, false, BLOCK_PREALLOC_METADATA,
+                               &err));
+    g_assert_no_error(err);
+    ret = block_node_block_status(bs, 2 << 20, 1 << 20, &pnum, &map, &file);
+    g_assert_cmpint(ret & BLOCK_STATUS_ALLOCATED, !=, 0);
+    g_assert_cmpint(ret & BLOCK_STATUS_OFFSET_VALID, !=, 0);
+    g_assert_cmpint(pnum, ==, 1 << 20);
+    g_assert_true(blk_truncate(blk, 4 << 20, false, BLOCK_PREALLOC_FULL, &err));
+    g_assert_no_error(err);
+    g_assert_cmpint(blk_pread(blk, (4 << 20) - 4096, 4096, buf, 0), ==, 0);
+    g_assert_cmpuint(buf[0], ==, 0);
+    g_assert_cmpint(blk_flush(blk), ==, 0);
+    assert_clean(blk);
+    memset(buf, 0x77, sizeof(buf));
+    g_assert_cmpint(blk_pwrite(blk, 100 * 1024, 4096, buf, 0), ==, 0);
+    g_assert_true(blk_truncate(blk, 512 * 1024, true, BLOCK_PREALLOC_OFF, &err));
+    g_assert_no_error(err);
+    g_assert_cmpint(blk_getlength(blk), ==, 512 * 1024);
+    assert_clean(blk);
+    g_assert_cmpint(blk_pread(blk, 100 * 1024, 4096, buf, 0), ==, 0);
+    g_assert_cmpuint(buf[4095], ==, 0x77);
+    blk_unref(blk);
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -303,6 +339,8 @@ int main(int argc, char **argv)
                     test_concurrent_writers_same_clusters);
     g_test_add_func("/qcow2/cluster/concurrent-overlapping-writes",
                     test_concurrent_overlapping_writes);
+    g_test_add_func("/qcow2/truncate/prealloc-and-shrink",
+                    test_truncate_prealloc_and_shrink);
     ret = g_test_run();
     {
         g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", tmpdir);
