@@ -290,6 +290,8 @@ typedef struct Qcow2Map {
     uint64_t bytes;         /* length of the run from the asked offset */
     uint64_t host;          /* host offset of the run's start (NORMAL, ZERO_ALLOC) */
     uint64_t entry;         /* the L2 entry (COMPRESSED) */
+    bool unalloc_host;      /* UNALLOCATED subclusters of an allocated cluster:
+                               host is valid (block status reports it) */
 } Qcow2Map;
 
 static int check_data_offset(Qcow2State *s, uint64_t host, uint64_t guest)
@@ -358,11 +360,14 @@ static int map_range(Qcow2State *s, uint64_t offset, uint64_t bytes,
                 }
             }
         }
+        bool unalloc_host = t == QCOW2_CL_UNALLOCATED && host_set(s, entry);
         if (pos == offset) {
             m->type = t;
             m->host = host;
-        } else if (t != m->type ||
-                   (t == QCOW2_CL_NORMAL && host != m->host + (pos - offset))) {
+            m->unalloc_host = unalloc_host;
+        } else if (t != m->type || unalloc_host != m->unalloc_host ||
+                   ((t == QCOW2_CL_NORMAL || unalloc_host) &&
+                    host != m->host + (pos - offset))) {
             break;
         }
         pos = piece_end;
@@ -824,7 +829,15 @@ static int write_alloc_run(Qcow2State *s, WriteRun *r, const uint8_t *buf)
             return ret;
         }
     }
-    if (cow) {
+    if (cow && r->reuse_host) {
+        /* Only the touched subclusters: the others hold live data. */
+        uint64_t scs = s->subcluster_size;
+        uint64_t a = (r->offset - r->cl_start) & ~(scs - 1);
+        uint64_t b = qcow2_align_up(r->offset + r->bytes - r->cl_start, scs);
+        memcpy(bounce + (r->offset - r->cl_start), buf, r->bytes);
+        ret = block_node_pwrite(qcow2_data_node(s), r->host + a, b - a,
+                                bounce + a, 0);
+    } else if (cow) {
         memcpy(bounce + (r->offset - r->cl_start), buf, r->bytes);
         ret = block_node_pwrite(qcow2_data_node(s), r->host, span, bounce, 0);
     } else {
@@ -958,7 +971,6 @@ static void zero_entry(Qcow2State *s, uint64_t old, uint64_t obm,
                        bool full, bool backing, uint64_t *entry, uint64_t *bm,
                        bool *drop_host)
 {
-    Qcow2ClusterType t = qcow2_l2e_type(s, old, obm, 0);
     bool compressed = old & QCOW2_OFLAG_COMPRESSED;
 
     *entry = old;
@@ -992,9 +1004,11 @@ static void zero_entry(Qcow2State *s, uint64_t old, uint64_t obm,
         *drop_host = host_set(s, old);
         *entry = 0;
     } else if (zero) {
-        if (t == QCOW2_CL_UNALLOCATED && !backing) {
-            return;             /* already reads as zeroes */
-        }
+        /*
+         * Unallocated clusters become zero clusters even without a backing
+         * file, as in QEMU: they must stay zero if one is added later
+         * (rebase, commit).
+         */
         if (!unmap && host_set(s, old) && (old & QCOW2_OFLAG_COPIED)) {
             *entry = (old & (QCOW2_L2E_OFFSET_MASK | QCOW2_OFLAG_COPIED)) |
                      QCOW2_OFLAG_ZERO;
@@ -1034,7 +1048,7 @@ static int zero_or_discard_locked(Qcow2State *s, uint64_t start, uint64_t end,
         if (ret < 0) {
             return ret;
         }
-        if (!l2 && (full || !backing || s->version < 3)) {
+        if (!l2 && (full || s->version < 3 || (!zero && !backing))) {
             start = l2end;      /* nothing allocated, nothing to hide */
             continue;
         }
@@ -1102,6 +1116,42 @@ static int zero_piece(Qcow2State *s, uint64_t offset, uint64_t bytes)
     return qcow2_pwrite(s->bs, offset, bytes, zero, 0);
 }
 
+/* Zero [a, b) (subcluster aligned) through the zero flags. */
+static int zero_clusters(Qcow2State *s, uint64_t a, uint64_t b, uint32_t flags,
+                         bool one_cluster)
+{
+    uint64_t ca = a & ~(s->cluster_size - 1);
+    uint64_t cb = qcow2_align_up(b, s->cluster_size);
+    int ret;
+
+    g_mutex_lock(&s->lock);
+    if (s->incompat & QCOW2_INCOMPAT_CORRUPT) {
+        g_mutex_unlock(&s->lock);
+        return -EIO;
+    }
+    while (in_flight_overlaps(s, ca, cb)) {
+        g_cond_wait(&s->alloc_cond, &s->lock);
+    }
+    if (one_cluster && (a != ca || b != cb)) {
+        void *l2;
+        bool compressed = false;
+        ret = get_l2(s, a, false, &l2);
+        if (ret == 0 && l2) {
+            uint64_t i = (ca / s->cluster_size) & (s->l2_entries - 1);
+            compressed = qcow2_l2e_get(s, l2, i) & QCOW2_OFLAG_COMPRESSED;
+            qcow2_cache_put(&s->l2_cache, l2);
+        }
+        if (ret < 0 || compressed) {
+            g_mutex_unlock(&s->lock);
+            return ret < 0 ? ret : zero_piece(s, a, b - a);
+        }
+    }
+    ret = zero_or_discard_locked(s, a, b, true, flags & BLOCK_REQ_MAY_UNMAP,
+                                 false, QCOW2_DISCARD_REQUEST);
+    g_mutex_unlock(&s->lock);
+    return ret;
+}
+
 int qcow2_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes,
                         uint32_t flags)
 {
@@ -1146,24 +1196,22 @@ int qcow2_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes,
             return ret;
         }
     }
-    g_mutex_lock(&s->lock);
-    if (s->incompat & QCOW2_INCOMPAT_CORRUPT) {
-        g_mutex_unlock(&s->lock);
-        return -EIO;
-    }
-    {
-        uint64_t ca = a & ~(s->cluster_size - 1);
-        uint64_t cb = qcow2_align_up(b, s->cluster_size);
-        while (in_flight_overlaps(s, ca, cb)) {
-            g_cond_wait(&s->alloc_cond, &s->lock);
+    if (s->extended_l2) {
+        /* Per cluster: part of a compressed cluster needs a real write. */
+        for (uint64_t pos = a; pos < b;) {
+            uint64_t cend = MIN(b, (pos & ~(s->cluster_size - 1)) +
+                                   s->cluster_size);
+            ret = zero_clusters(s, pos, cend, flags, true);
+            if (ret < 0) {
+                return ret;
+            }
+            pos = cend;
         }
-    }
-    ret = zero_or_discard_locked(s, a, b, true,
-                                 flags & BLOCK_REQ_MAY_UNMAP, false,
-                                 QCOW2_DISCARD_REQUEST);
-    g_mutex_unlock(&s->lock);
-    if (ret < 0) {
-        return ret;
+    } else {
+        ret = zero_clusters(s, a, b, flags, false);
+        if (ret < 0) {
+            return ret;
+        }
     }
     if (b < end) {
         ret = zero_piece(s, b, end - b);
@@ -1206,7 +1254,9 @@ static int status_of(Qcow2State *s, Qcow2Map *m)
 {
     switch (m->type) {
     case QCOW2_CL_UNALLOCATED:
-        return 0;
+        /* As QEMU: a subcluster not yet written in an allocated cluster
+         * still has its host offset (qemu-img map prints it). */
+        return m->unalloc_host ? BLOCK_STATUS_OFFSET_VALID : 0;
     case QCOW2_CL_ZERO_PLAIN:
         return BLOCK_STATUS_ZERO | BLOCK_STATUS_ALLOCATED;
     case QCOW2_CL_ZERO_ALLOC:

@@ -113,6 +113,7 @@ typedef struct Qcow2Cache {
     Qcow2State *s;
     const char *what;       /* "L2", "refcount" for messages */
     Qcow2CacheEntry *entries;
+    uint8_t *mem;           /* size tables of cluster_size bytes */
     int size;               /* slots */
     uint64_t tick;
     GHashTable *index;      /* offset -> slot+1 */
@@ -306,5 +307,10 @@ bool qcow2_check(BlockNode *bs, BlockCheckResult *res, uint32_t fix,
                  GError **errp);
 bool qcow2_check_locked(Qcow2State *s, BlockCheckResult *res, uint32_t fix,
                         GError **errp);
+
+/* measure.c */
+bool qcow2_measure(json_t *opts, BlockNode *in, uint64_t size,
+                   BlockMeasureInfo *out, GError **errp);
+bool qcow2_make_empty(BlockNode *bs, GError **errp);
 
 #endif
