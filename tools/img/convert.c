@@ -764,7 +764,7 @@ static int convert_main(ConvertOpts *o, char **specs, int nspecs,
     }
     ret = convert_run(&s, workers);
     if (ret == 0 && o->bitmaps && !copy_bitmaps(s.src[0].bs, s.tbs, &err)) {
-        ferry_progress_finish(s.progress);
+        ferry_progress_abort(s.progress);
         goto fail;
     }
     if (ret == 0) {
@@ -776,6 +776,7 @@ static int convert_main(ConvertOpts *o, char **specs, int nspecs,
     }
     if (ret < 0) {
         /* The progress line stays where it stopped: no false 100%. */
+        ferry_progress_abort(s.progress);
         img_error("%s", s.err_msg ? s.err_msg : g_strerror(-ret));
         convert_cleanup(&s);
         return IMG_EXIT_ERROR;

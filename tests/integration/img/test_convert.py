@@ -379,6 +379,13 @@ def test_convert_read_error_fails_and_salvage_zeroes_it(ferry, tmp_path,
     assert r.rc == 1, r
     assert "error while reading" in r.err and "at byte" in r.err
     assert len(r.err.strip().splitlines()) == 1
+    # with --progress=json the failed copy never claims to be done
+    r = ferry("img", "convert", "--progress=json", "-f", "raw", failing_file,
+              out, check=False)
+    assert r.rc == 1
+    lines = [json.loads(l) for l in r.err.splitlines() if l.startswith("{")]
+    assert lines and not any(l["percent"] == 100.0 for l in lines)
+    assert lines[-1]["done"] < lines[-1]["total"]
 
     out2 = tmp_path / "salvaged.raw"
     r = ferry("img", "convert", "--salvage", "-f", "raw", failing_file, out2)
