@@ -612,7 +612,8 @@ static bool create_target(Convert *s, const ConvertOpts *o,
                         o->out_fmt);
         return false;
     }
-    json_object_set_new(opts, "size", json_integer(s->total));
+    /* qemu-img counts in 512-byte sectors: an odd tail is rounded up. */
+    json_object_set_new(opts, "size", json_integer((s->total + 511) / 512 * 512));
     if (o->backing) {
         if (!backing_fmt) {
             /* Probe the backing file once, as qemu-img does without -F. */

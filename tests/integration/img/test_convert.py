@@ -195,7 +195,12 @@ def test_convert_odd_size_and_image_opts_and_json(ferry, qemu_img, tmp_path):
     out = tmp_path / "odd-out.raw"
     ferry("img", "convert", "--image-opts",
           "driver=raw,file.driver=file,file.filename=%s" % src, out)
-    same_content(src, out)
+    # as qemu-img: the size is rounded up to a whole 512-byte sector
+    theirs = tmp_path / "odd-qemu.raw"
+    qemu_img("convert", "-f", "raw", "-O", "raw", src, theirs)
+    same_content(out, theirs)
+    assert os.path.getsize(out) == 5 * MiB + 512
+    assert out.read_bytes()[:5 * MiB + 123] == src.read_bytes()
     # a json: raw window as the source
     win = tmp_path / "win.raw"
     spec = "json:" + json.dumps({"driver": "raw", "offset": 4096,
@@ -211,7 +216,7 @@ def test_convert_odd_size_and_image_opts_and_json(ferry, qemu_img, tmp_path):
     ferry("img", "create", "-q", "-f", "raw", tgt, str(5 * MiB + 123))
     ferry("img", "convert", "-n", "--target-image-opts", src,
           "driver=raw,file.filename=%s" % tgt)
-    same_content(src, tgt)
+    same_content(src, tgt)          # -n: the target keeps its own size
 
 
 def test_convert_from_null_co_is_all_holes(ferry, qemu_img, tmp_path):
@@ -540,3 +545,17 @@ def test_convert_bitmaps_needs_a_format_with_bitmaps(ferry, tmp_path):
               check=False)
     assert r.rc == 1 and "--bitmaps" in r.err
     assert len(r.err.strip().splitlines()) == 1
+
+
+def test_convert_odd_size_to_qcow2_rounds_up_like_qemu(ferry, qemu_img,
+                                                       tmp_path):
+    need_qcow2(ferry)
+    src = tmp_path / "odd.raw"
+    pattern_file(src, 2 * MiB + 77, seed=8)
+    ours, theirs = tmp_path / "f.qcow2", tmp_path / "q.qcow2"
+    ferry("img", "convert", "-O", "qcow2", src, ours)
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", src, theirs)
+    qemu_img("check", ours)
+    assert qemu_img("info", "--output=json", ours).json()["virtual-size"] == \
+        2 * MiB + 512
+    qemu_img("compare", ours, theirs)
