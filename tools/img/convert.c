@@ -81,27 +81,36 @@ typedef struct Convert {
     /*
      * In order, the chunks in flight are [write_seq, next_seq), at most one
      * per worker, so chunk seq waits on turn_conds[seq % nworkers] alone:
-     * finishing a write wakes the one worker whose turn it is.
+     * finishing a write wakes the one worker whose turn it is.  The turns
+     * have their own lock: a block-status query under `lock` (qcow2 metadata
+     * reads, lseek) must never hold up the writer whose turn it is.
+     * Lock order: lock, then turn_lock.
      */
-    GCond *turn_conds;
+    GMutex turn_lock;
+    GCond *turn_conds;       /* guarded by turn_lock */
     int nworkers;
     int64_t next;            /* bytes: next offset to hand out */
     uint64_t next_seq;
-    uint64_t write_seq;      /* in order: the chunk that may write now */
+    uint64_t write_seq;      /* in order: the chunk that may write now;
+                                guarded by turn_lock */
     int64_t st_start;        /* cached status extent [st_start, st_end) */
     int64_t st_end;
     ImgExtentKind st_kind;
-    int ret;                 /* first error, -errno; 0 while all is well */
+    int ret;                 /* first error, -errno; 0 while all is well;
+                                written under lock, read atomically */
     char *err_msg;           /* its message */
     uint64_t rate_bytes;     /* bytes charged to the rate limit so far */
     gint64 rate_start_us;
 } Convert;
 
-static void wake_all_locked(Convert *s)
+/* An error was recorded: every worker waiting for its turn gives up. */
+static void wake_all(Convert *s)
 {
+    g_mutex_lock(&s->turn_lock);
     for (int i = 0; i < s->nworkers; i++) {
         g_cond_broadcast(&s->turn_conds[i]);
     }
+    g_mutex_unlock(&s->turn_lock);
 }
 
 /* Record the first error; later ones are consequences and dropped. */
@@ -117,10 +126,10 @@ static void convert_set_error(Convert *s, int ret, const char *fmt, ...)
         va_start(ap, fmt);
         s->err_msg = g_strdup_vprintf(fmt, ap);
         va_end(ap);
-        s->ret = ret;
+        __atomic_store_n(&s->ret, ret, __ATOMIC_SEQ_CST);
     }
-    wake_all_locked(s);
     g_mutex_unlock(&s->lock);
+    wake_all(s);
 }
 
 static ConvertSource *source_at(Convert *s, int64_t offset)
@@ -184,12 +193,12 @@ static bool claim_chunk_locked(Convert *s, ConvertChunk *c)
         ret = refresh_status_locked(s);
         if (ret < 0) {
             ConvertSource *src = source_at(s, s->next);
-            s->ret = ret;
+            __atomic_store_n(&s->ret, ret, __ATOMIC_SEQ_CST);
             s->err_msg = g_strdup_printf("error while reading the block "
                                          "status of '%s' at byte %" G_GINT64_FORMAT
                                          ": %s", src->spec, s->next - src->start,
                                          g_strerror(-ret));
-            wake_all_locked(s);
+            wake_all(s);
             return false;
         }
     }
@@ -211,12 +220,12 @@ static bool wait_turn(Convert *s, uint64_t seq)
     if (!s->in_order) {
         return !__atomic_load_n(&s->ret, __ATOMIC_RELAXED);
     }
-    g_mutex_lock(&s->lock);
-    while (s->write_seq != seq && !s->ret) {
-        g_cond_wait(&s->turn_conds[seq % s->nworkers], &s->lock);
+    g_mutex_lock(&s->turn_lock);
+    while (s->write_seq != seq && !__atomic_load_n(&s->ret, __ATOMIC_SEQ_CST)) {
+        g_cond_wait(&s->turn_conds[seq % s->nworkers], &s->turn_lock);
     }
-    ok = !s->ret;
-    g_mutex_unlock(&s->lock);
+    ok = !__atomic_load_n(&s->ret, __ATOMIC_SEQ_CST);
+    g_mutex_unlock(&s->turn_lock);
     return ok;
 }
 
@@ -225,10 +234,10 @@ static void end_turn(Convert *s, uint64_t seq)
     if (!s->in_order) {
         return;
     }
-    g_mutex_lock(&s->lock);
+    g_mutex_lock(&s->turn_lock);
     s->write_seq = seq + 1;
     g_cond_signal(&s->turn_conds[s->write_seq % s->nworkers]);
-    g_mutex_unlock(&s->lock);
+    g_mutex_unlock(&s->turn_lock);
 }
 
 /* -r: sleep so the bytes copied so far take at least bytes/rate seconds. */
@@ -703,6 +712,7 @@ static void convert_cleanup(Convert *s)
         g_cond_clear(&s->turn_conds[i]);
     }
     g_free(s->turn_conds);
+    g_mutex_clear(&s->turn_lock);
     g_mutex_clear(&s->lock);
 }
 
@@ -715,6 +725,7 @@ static int convert_main(ConvertOpts *o, char **specs, int nspecs,
     int workers, ret;
 
     g_mutex_init(&s.lock);
+    g_mutex_init(&s.turn_lock);
     s.st_start = s.st_end = -1;
     if (open_sources(&s, o, specs, nspecs, &err) < 0) {
         goto fail;
