@@ -1,7 +1,8 @@
 /*
  * testos user part (CPL3, native speed on a paravirtual KVM): reads the
  * command line, lists PCI devices, and runs the tests it names:
- *   test=pci,disk,bench,dirty,bad,reset   (comma-separated, in that order)
+ *   test=pci,disk,ro,bench,bad,reset,dirty,guestreset  (comma-separated;
+ *                          they run in that order)
  *   sectors=N start=S      disk: pattern write/flush/read-verify range
  *   indirect=1 eventidx=1  disk: use indirect descriptors / event idx
  *   mib=N secs=N           bench: region and seconds per phase
@@ -300,6 +301,24 @@ static void test_dirty(void)
     }
 }
 
+/* A read-only disk: offered VIRTIO_BLK_F_RO, reads work, writes fail. */
+static void test_ro(VBlk *b)
+{
+    if (vblk_init(b, 1ull << 5, 0) < 0) {
+        fail("ro: init");
+    }
+    if (!((b->features >> 5) & 1)) {
+        fail("ro: device did not offer VIRTIO_BLK_F_RO");
+    }
+    if (vblk_rw(b, 0, 0, iobuf, 4096) != 0) {
+        fail("ro: read");
+    }
+    if (vblk_rw(b, 1, 0, iobuf, 4096) != 1) {
+        fail("ro: write was not refused with IOERR");
+    }
+    printf_("ro: read ok, write refused\n");
+}
+
 static void test_bad(VBlk *b)
 {
     static const char *const cases[] = {
@@ -374,13 +393,17 @@ void user_main(uint64_t kind, uint64_t ptr)
     if (want("pci")) {
         list_pci();
     }
-    if (want("disk") || want("bench") || want("bad") || want("reset")) {
+    if (want("disk") || want("bench") || want("bad") || want("reset") ||
+        want("ro")) {
         if (vblk_find(&blk, 0) < 0) {
             fail("no virtio-blk device");
         }
     }
     if (want("disk")) {
         test_disk(&blk);
+    }
+    if (want("ro")) {
+        test_ro(&blk);
     }
     if (want("bench")) {
         test_bench(&blk);
