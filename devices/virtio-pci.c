@@ -216,10 +216,10 @@ static void common_write(VirtioPci *vp, uint64_t off, uint64_t val,
     if (after == AFTER_STATUS) {
         virtio_set_status(vdev, (uint8_t)val);
         if ((uint8_t)val == 0) {
+            /* a virtio reset leaves PCI state (MSI-X table) alone */
             for (int n = 0; n < vdev->nr_queues; n++) {
                 vp_ioeventfd_update(vp, n);
             }
-            pci_device_reset(&vp->pci);
         }
     } else if (after == AFTER_ENABLE) {
         virtio_queue_enable(vdev, q);

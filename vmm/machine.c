@@ -67,8 +67,10 @@ struct Machine {
     int parked;                        /* vCPUs parked now */
     bool user_paused;                  /* QMP stop */
     bool quit;                         /* vCPU threads exit */
-    VmmRequest pending;
+    VmmRequest pending;                /* being handled by the main thread */
     char *pending_msg;
+    VmmRequest deferred;               /* arrived while pending was busy */
+    char *deferred_msg;
     int exit_code;
 
     GMainLoop *loop;
@@ -399,10 +401,13 @@ static gboolean handle_request(gpointer opaque)
         break;
     }
     g_mutex_lock(&m->lock);
-    m->pending = VMM_REQ_NONE;
+    m->pending = m->quit ? VMM_REQ_NONE : m->deferred;
+    m->pending_msg = m->deferred_msg;
+    m->deferred = VMM_REQ_NONE;
+    m->deferred_msg = NULL;
     g_cond_broadcast(&m->cond);
     g_mutex_unlock(&m->lock);
-    return G_SOURCE_REMOVE;
+    return m->pending != VMM_REQ_NONE ? G_SOURCE_CONTINUE : G_SOURCE_REMOVE;
 }
 
 void vmm_machine_request(Machine *m, VmmRequest req, const char *msg)
@@ -410,12 +415,20 @@ void vmm_machine_request(Machine *m, VmmRequest req, const char *msg)
     bool post = false;
 
     g_mutex_lock(&m->lock);
-    /* the first request wins until the main thread handled it */
-    if (m->pending == VMM_REQ_NONE && !m->quit) {
+    /*
+     * One request in hand, one waiting: a guest that resets again right
+     * after a reset is not lost; more requests meanwhile are duplicates.
+     */
+    if (m->quit) {
+        /* shutting down: nothing more to do */
+    } else if (m->pending == VMM_REQ_NONE) {
         m->pending = req;
         g_free(m->pending_msg);
         m->pending_msg = g_strdup(msg);
         post = true;
+    } else if (m->deferred == VMM_REQ_NONE) {
+        m->deferred = req;
+        m->deferred_msg = g_strdup(msg);
     }
     g_mutex_unlock(&m->lock);
     if (post) {
@@ -655,6 +668,7 @@ void vmm_machine_free(Machine *m)
     dev_bus_destroy(&m->bus);
     g_main_loop_unref(m->loop);
     g_free(m->pending_msg);
+    g_free(m->deferred_msg);
     g_mutex_clear(&m->lock);
     g_cond_clear(&m->cond);
     g_free(m);

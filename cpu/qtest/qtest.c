@@ -281,7 +281,11 @@ static void qtest_command(QtestAccel *q, char **w)
             return;
         }
         memcpy(data, &b, size);
-        mem_rw(q, a, data, size, wr);
+        if (bus->ram_ptr(bus->opaque, a, size)) {
+            mem_rw(q, a, data, size, wr);
+        } else {
+            bus->mmio(bus->opaque, a, data, size, wr);   /* one access */
+        }
         if (wr) {
             qtest_send(q, "OK\n");
         } else {
