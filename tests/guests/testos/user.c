@@ -195,14 +195,18 @@ static void test_bench(VBlk *b)
         "seq-write", "seq-read", "rand-write", "rand-read"
     };
 
-    if (vblk_init(b, 0, 0) < 0) {
+    if (vblk_init(b, opt_num("eventidx", 1) ? 1ull << 29 : 0, 0) < 0) {
         fail("bench: init");
     }
     if (region > b->capacity) {
         region = b->capacity & ~2047ull;
     }
     memset(iobuf, 0x5a, sizeof(iobuf));
+    b->kicks = b->requests = 0;
     for (int phase = 0; phase < 4; phase++) {
+        if (opt_num("phase", 9) != 9 && opt_num("phase", 9) != (uint64_t)phase) {
+            continue;
+        }
         int write = !(phase & 1);
         int rnd = phase >= 2;
         uint32_t len = rnd ? 4096 : (1u << 20);
@@ -233,6 +237,7 @@ static void test_bench(VBlk *b)
                     ops * 1000 * 1048576 / ms / 1000000);
         }
     }
+    printf_("bench: %lu requests, %lu doorbells\n", b->requests, b->kicks);
 }
 
 /*
@@ -317,6 +322,36 @@ static void test_ro(VBlk *b)
         fail("ro: write was not refused with IOERR");
     }
     printf_("ro: read ok, write refused\n");
+}
+
+/* What an exit to ferry costs: port and MMIO writes nobody claims. */
+static void test_exits(void)
+{
+    uint64_t t0, n = 2000;
+
+    t0 = rdtsc();
+    for (uint64_t i = 0; i < n; i++) {
+        outb(0x80, 0);
+    }
+    printf_("exits: pio %lu ns\n", (rdtsc() - t0) * 1000000 / tsc_khz / n);
+    t0 = rdtsc();
+    for (uint64_t i = 0; i < n; i++) {
+        *(volatile uint32_t *)0xd0000000ull = 0;
+    }
+    printf_("exits: mmio %lu ns\n", (rdtsc() - t0) * 1000000 / tsc_khz / n);
+    t0 = rdtsc();
+    for (uint64_t i = 0; i < n; i++) {
+        rdtsc();
+    }
+    printf_("exits: rdtsc %lu ns\n", (rdtsc() - t0) * 1000000 / tsc_khz / n);
+    t0 = rdtsc();
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t r;
+        __asm__ volatile("syscall" : "=a"(r) : "a"(0ull), "D"(1ull)
+                         : "rcx", "r11", "rdx", "rsi", "r8", "r9", "r10", "memory");
+    }
+    printf_("exits: syscall round trip %lu ns\n",
+            (rdtsc() - t0) * 1000000 / tsc_khz / n);
 }
 
 static void test_bad(VBlk *b)
@@ -416,6 +451,9 @@ void user_main(uint64_t kind, uint64_t ptr)
     }
     if (want("dirty")) {
         test_dirty();
+    }
+    if (want("exits")) {
+        test_exits();
     }
     if (want("guestreset")) {
         printf_("testos: resetting\n");

@@ -16,6 +16,7 @@ typedef struct VBlk {
     uint64_t features;
     uint64_t capacity;          /* sectors */
     int use_indirect;
+    uint64_t kicks, requests;   /* doorbells rung, requests made */
 } VBlk;
 
 uint32_t pci_read(int dev, int off);
