@@ -3,6 +3,7 @@
 # its corpus in tests/fuzz/corpus/<name>/ as a regression test.
 FUZZ_HARNESSES = \
 	tests/fuzz/fuzz-opts \
+	tests/fuzz/fuzz-qcow2 \
 	$(NULL)
 
 if ENABLE_FUZZING
@@ -21,3 +22,7 @@ EXTRA_DIST += tests/fuzz/run-corpus.sh tests/fuzz/corpus tests/fuzz/README.md \
 tests_fuzz_fuzz_opts_SOURCES = tests/fuzz/fuzz-opts.c $(FUZZ_MAIN)
 tests_fuzz_fuzz_opts_CFLAGS = $(FUZZ_CFLAGS)
 tests_fuzz_fuzz_opts_LDADD = $(FERRY_LIBS)
+
+tests_fuzz_fuzz_qcow2_SOURCES = tests/fuzz/fuzz-qcow2.c $(FUZZ_MAIN)
+tests_fuzz_fuzz_qcow2_CFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_fuzz_qcow2_LDADD = $(FERRY_LIBS)
