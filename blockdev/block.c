@@ -1324,8 +1324,8 @@ int block_node_block_status(BlockNode *bs, int64_t offset, int64_t bytes,
             ret = BLOCK_STATUS_ZERO;
         }
         ret = (ret & ~BLOCK_STATUS_EOF) | BLOCK_STATUS_ALLOCATED;
-    } else if ((ret & BLOCK_STATUS_OFFSET_VALID) && !(ret & BLOCK_STATUS_ZERO) &&
-               local_file && local_file != bs) {
+    } else if ((ret & BLOCK_STATUS_DATA) && !(ret & BLOCK_STATUS_ZERO) &&
+               (ret & BLOCK_STATUS_OFFSET_VALID) && local_file && local_file != bs) {
         /* Data mapped to a host range: a hole there reads as zeroes. */
         int64_t n;
         int fret = block_node_block_status(local_file, local_map, *pnum, &n,

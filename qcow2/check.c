@@ -372,6 +372,9 @@ static bool run_check(Qcow2State *s, BlockCheckResult *res, uint32_t fix,
             res->check_errors++;
             continue;
         }
+        if (stored) {
+            highest = MAX(highest, i);   /* QEMU counts leaked clusters too */
+        }
         if (stored < c.rc[i]) {
             ferry_debug("qcow2 check: cluster %" G_GUINT64_FORMAT " refcount=%"
                         G_GUINT64_FORMAT " reference=%" G_GUINT64_FORMAT, i,

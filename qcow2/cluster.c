@@ -290,6 +290,8 @@ typedef struct Qcow2Map {
     uint64_t bytes;         /* length of the run from the asked offset */
     uint64_t host;          /* host offset of the run's start (NORMAL, ZERO_ALLOC) */
     uint64_t entry;         /* the L2 entry (COMPRESSED) */
+    bool unalloc_host;      /* UNALLOCATED subclusters of an allocated cluster:
+                               host is valid (block status reports it) */
 } Qcow2Map;
 
 static int check_data_offset(Qcow2State *s, uint64_t host, uint64_t guest)
@@ -358,11 +360,14 @@ static int map_range(Qcow2State *s, uint64_t offset, uint64_t bytes,
                 }
             }
         }
+        bool unalloc_host = t == QCOW2_CL_UNALLOCATED && host_set(s, entry);
         if (pos == offset) {
             m->type = t;
             m->host = host;
-        } else if (t != m->type ||
-                   (t == QCOW2_CL_NORMAL && host != m->host + (pos - offset))) {
+            m->unalloc_host = unalloc_host;
+        } else if (t != m->type || unalloc_host != m->unalloc_host ||
+                   ((t == QCOW2_CL_NORMAL || unalloc_host) &&
+                    host != m->host + (pos - offset))) {
             break;
         }
         pos = piece_end;
@@ -958,7 +963,6 @@ static void zero_entry(Qcow2State *s, uint64_t old, uint64_t obm,
                        bool full, bool backing, uint64_t *entry, uint64_t *bm,
                        bool *drop_host)
 {
-    Qcow2ClusterType t = qcow2_l2e_type(s, old, obm, 0);
     bool compressed = old & QCOW2_OFLAG_COMPRESSED;
 
     *entry = old;
@@ -992,9 +996,11 @@ static void zero_entry(Qcow2State *s, uint64_t old, uint64_t obm,
         *drop_host = host_set(s, old);
         *entry = 0;
     } else if (zero) {
-        if (t == QCOW2_CL_UNALLOCATED && !backing) {
-            return;             /* already reads as zeroes */
-        }
+        /*
+         * Unallocated clusters become zero clusters even without a backing
+         * file, as in QEMU: they must stay zero if one is added later
+         * (rebase, commit).
+         */
         if (!unmap && host_set(s, old) && (old & QCOW2_OFLAG_COPIED)) {
             *entry = (old & (QCOW2_L2E_OFFSET_MASK | QCOW2_OFLAG_COPIED)) |
                      QCOW2_OFLAG_ZERO;
@@ -1034,7 +1040,7 @@ static int zero_or_discard_locked(Qcow2State *s, uint64_t start, uint64_t end,
         if (ret < 0) {
             return ret;
         }
-        if (!l2 && (full || !backing || s->version < 3)) {
+        if (!l2 && (full || s->version < 3 || (!zero && !backing))) {
             start = l2end;      /* nothing allocated, nothing to hide */
             continue;
         }
@@ -1206,7 +1212,9 @@ static int status_of(Qcow2State *s, Qcow2Map *m)
 {
     switch (m->type) {
     case QCOW2_CL_UNALLOCATED:
-        return 0;
+        /* As QEMU: a subcluster not yet written in an allocated cluster
+         * still has its host offset (qemu-img map prints it). */
+        return m->unalloc_host ? BLOCK_STATUS_OFFSET_VALID : 0;
     case QCOW2_CL_ZERO_PLAIN:
         return BLOCK_STATUS_ZERO | BLOCK_STATUS_ALLOCATED;
     case QCOW2_CL_ZERO_ALLOC:

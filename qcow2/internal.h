@@ -307,4 +307,9 @@ bool qcow2_check(BlockNode *bs, BlockCheckResult *res, uint32_t fix,
 bool qcow2_check_locked(Qcow2State *s, BlockCheckResult *res, uint32_t fix,
                         GError **errp);
 
+/* measure.c */
+bool qcow2_measure(json_t *opts, BlockNode *in, uint64_t size,
+                   BlockMeasureInfo *out, GError **errp);
+bool qcow2_make_empty(BlockNode *bs, GError **errp);
+
 #endif

@@ -1,3 +1,6 @@
+# measure and make_empty, for ferry img measure and commit
+libferry_a_SOURCES += qcow2/measure.c
+
 libferry_a_SOURCES += \
 	qcow2/internal.h \
 	qcow2/qcow2.c \

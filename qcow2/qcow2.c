@@ -1167,4 +1167,6 @@ const BlockDriver qcow2_driver = {
     .get_info            = qcow2_get_info,
     .check               = qcow2_check,
     .change_backing_file = qcow2_change_backing_file,
+    .measure             = qcow2_measure,
+    .make_empty          = qcow2_make_empty,
 };
