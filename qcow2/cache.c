@@ -24,6 +24,7 @@ void qcow2_cache_init(Qcow2Cache *c, Qcow2State *s, const char *what,
     c->index = g_hash_table_new(g_int64_hash, g_int64_equal);
     c->is_l2 = is_l2;
     c->tick = 1;
+    c->mem = NULL;
 }
 
 void qcow2_cache_destroy(Qcow2Cache *c)
@@ -31,9 +32,7 @@ void qcow2_cache_destroy(Qcow2Cache *c)
     if (!c->entries) {
         return;
     }
-    for (int i = 0; i < c->size; i++) {
-        free(c->entries[i].table);
-    }
+    g_free(c->mem);
     g_free(c->entries);
     g_hash_table_destroy(c->index);
     c->entries = NULL;
@@ -77,13 +76,10 @@ static int entry_write(Qcow2Cache *c, Qcow2CacheEntry *e)
 
 static Qcow2CacheEntry *entry_of(Qcow2Cache *c, void *table)
 {
-    for (int i = 0; i < c->size; i++) {
-        if (c->entries[i].table == table) {
-            return &c->entries[i];
-        }
-    }
-    g_assert_not_reached();
-    return NULL;
+    size_t slot = (size_t)((uint8_t *)table - c->mem) >> c->s->cluster_bits;
+
+    g_assert(slot < (size_t)c->size && c->entries[slot].table == table);
+    return &c->entries[slot];
 }
 
 /* A slot for a new table: an empty one, else the least recently used. */
@@ -113,12 +109,17 @@ static Qcow2CacheEntry *find_victim(Qcow2Cache *c, int *ret)
         g_hash_table_remove(c->index, &best->offset);
         best->offset = 0;
     }
-    if (!best->table) {
-        best->table = g_try_malloc(c->s->cluster_size);
-        if (!best->table) {
+    if (!c->mem) {
+        /* One block for every slot; pages are only touched when used. */
+        c->mem = g_try_malloc((size_t)c->size << c->s->cluster_bits);
+        if (!c->mem) {
             *ret = -ENOMEM;
             return NULL;
         }
+    }
+    if (!best->table) {
+        best->table = c->mem + ((size_t)(best - c->entries) <<
+                                c->s->cluster_bits);
     }
     return best;
 }

@@ -829,7 +829,15 @@ static int write_alloc_run(Qcow2State *s, WriteRun *r, const uint8_t *buf)
             return ret;
         }
     }
-    if (cow) {
+    if (cow && r->reuse_host) {
+        /* Only the touched subclusters: the others hold live data. */
+        uint64_t scs = s->subcluster_size;
+        uint64_t a = (r->offset - r->cl_start) & ~(scs - 1);
+        uint64_t b = qcow2_align_up(r->offset + r->bytes - r->cl_start, scs);
+        memcpy(bounce + (r->offset - r->cl_start), buf, r->bytes);
+        ret = block_node_pwrite(qcow2_data_node(s), r->host + a, b - a,
+                                bounce + a, 0);
+    } else if (cow) {
         memcpy(bounce + (r->offset - r->cl_start), buf, r->bytes);
         ret = block_node_pwrite(qcow2_data_node(s), r->host, span, bounce, 0);
     } else {
@@ -1108,6 +1116,42 @@ static int zero_piece(Qcow2State *s, uint64_t offset, uint64_t bytes)
     return qcow2_pwrite(s->bs, offset, bytes, zero, 0);
 }
 
+/* Zero [a, b) (subcluster aligned) through the zero flags. */
+static int zero_clusters(Qcow2State *s, uint64_t a, uint64_t b, uint32_t flags,
+                         bool one_cluster)
+{
+    uint64_t ca = a & ~(s->cluster_size - 1);
+    uint64_t cb = qcow2_align_up(b, s->cluster_size);
+    int ret;
+
+    g_mutex_lock(&s->lock);
+    if (s->incompat & QCOW2_INCOMPAT_CORRUPT) {
+        g_mutex_unlock(&s->lock);
+        return -EIO;
+    }
+    while (in_flight_overlaps(s, ca, cb)) {
+        g_cond_wait(&s->alloc_cond, &s->lock);
+    }
+    if (one_cluster && (a != ca || b != cb)) {
+        void *l2;
+        bool compressed = false;
+        ret = get_l2(s, a, false, &l2);
+        if (ret == 0 && l2) {
+            uint64_t i = (ca / s->cluster_size) & (s->l2_entries - 1);
+            compressed = qcow2_l2e_get(s, l2, i) & QCOW2_OFLAG_COMPRESSED;
+            qcow2_cache_put(&s->l2_cache, l2);
+        }
+        if (ret < 0 || compressed) {
+            g_mutex_unlock(&s->lock);
+            return ret < 0 ? ret : zero_piece(s, a, b - a);
+        }
+    }
+    ret = zero_or_discard_locked(s, a, b, true, flags & BLOCK_REQ_MAY_UNMAP,
+                                 false, QCOW2_DISCARD_REQUEST);
+    g_mutex_unlock(&s->lock);
+    return ret;
+}
+
 int qcow2_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes,
                         uint32_t flags)
 {
@@ -1152,24 +1196,22 @@ int qcow2_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes,
             return ret;
         }
     }
-    g_mutex_lock(&s->lock);
-    if (s->incompat & QCOW2_INCOMPAT_CORRUPT) {
-        g_mutex_unlock(&s->lock);
-        return -EIO;
-    }
-    {
-        uint64_t ca = a & ~(s->cluster_size - 1);
-        uint64_t cb = qcow2_align_up(b, s->cluster_size);
-        while (in_flight_overlaps(s, ca, cb)) {
-            g_cond_wait(&s->alloc_cond, &s->lock);
+    if (s->extended_l2) {
+        /* Per cluster: part of a compressed cluster needs a real write. */
+        for (uint64_t pos = a; pos < b;) {
+            uint64_t cend = MIN(b, (pos & ~(s->cluster_size - 1)) +
+                                   s->cluster_size);
+            ret = zero_clusters(s, pos, cend, flags, true);
+            if (ret < 0) {
+                return ret;
+            }
+            pos = cend;
         }
-    }
-    ret = zero_or_discard_locked(s, a, b, true,
-                                 flags & BLOCK_REQ_MAY_UNMAP, false,
-                                 QCOW2_DISCARD_REQUEST);
-    g_mutex_unlock(&s->lock);
-    if (ret < 0) {
-        return ret;
+    } else {
+        ret = zero_clusters(s, a, b, flags, false);
+        if (ret < 0) {
+            return ret;
+        }
     }
     if (b < end) {
         ret = zero_piece(s, b, end - b);

@@ -113,6 +113,7 @@ typedef struct Qcow2Cache {
     Qcow2State *s;
     const char *what;       /* "L2", "refcount" for messages */
     Qcow2CacheEntry *entries;
+    uint8_t *mem;           /* size tables of cluster_size bytes */
     int size;               /* slots */
     uint64_t tick;
     GHashTable *index;      /* offset -> slot+1 */

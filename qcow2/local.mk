@@ -11,3 +11,8 @@ libferry_a_SOURCES += \
 	qcow2/create.c \
 	qcow2/check.c \
 	$(NULL)
+
+# Unit tests of the driver internals (tests/unit/qcow2/).
+check_PROGRAMS += tests/unit/qcow2/test-qcow2
+TESTS += tests/unit/qcow2/test-qcow2
+tests_unit_qcow2_test_qcow2_LDADD = $(FERRY_LIBS)

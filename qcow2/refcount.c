@@ -175,6 +175,7 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries)
     uint64_t cs = s->cluster_size;
     uint64_t entries = MAX(min_entries, s->reftable_size * 3 / 2 + 1);
     uint64_t tclusters, t, old_off = s->reftable_offset;
+    uint64_t nb = 0, tclusters_total = 0;
     uint64_t old_clusters = s->reftable_clusters, old_size = s->reftable_size;
     uint64_t *table, *old_table = s->reftable;
     uint8_t hdr[12];
@@ -186,21 +187,24 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries)
         tclusters > UINT32_MAX) {
         return -EFBIG;
     }
+    /* Table at the end, then the blocks its own clusters need. */
     t = qcow2_align_up(s->file_end, cs) / cs;
-    /* Keep missing blocks' own clusters out of the table's range. */
-    for (uint64_t c = t; c < t + tclusters; c++) {
-        uint64_t idx = c >> s->rb_bits;
-        uint64_t first = idx << s->rb_bits;
-        if ((idx >= old_size || !old_table[idx]) && first >= t &&
-            first < t + tclusters) {
-            t = first + 1;
-            c = t - 1;
+    for (;;) {
+        uint64_t b = 0, need;
+        for (uint64_t idx = t >> s->rb_bits;
+             idx <= (t + tclusters + nb - 1) >> s->rb_bits; idx++) {
+            b += idx >= old_size || !old_table[idx];
         }
-    }
-    while ((t + tclusters - 1) >> s->rb_bits >= entries) {
-        entries *= 2;
-        tclusters = qcow2_align_up(entries * 8, cs) / cs;
-        entries = tclusters * cs / 8;
+        need = (t + tclusters + b - 1) >> s->rb_bits;
+        if (b == nb && need < entries) {
+            break;
+        }
+        nb = b;
+        if (need >= entries) {
+            entries = need + 1;
+            tclusters = qcow2_align_up(entries * 8, cs) / cs;
+            entries = tclusters * cs / 8;
+        }
     }
     table = g_try_new0(uint64_t, entries);
     if (!table) {
@@ -209,23 +213,24 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries)
     memcpy(table, old_table, old_size * 8);
     s->reftable = table;
     s->reftable_size = entries;
-    /* Blocks for the table's clusters, then the table's refcounts. */
-    for (uint64_t c = t; c < t + tclusters; c++) {
-        uint64_t idx = c >> s->rb_bits;
-        if (!s->reftable[idx]) {
-            uint64_t off = (idx << s->rb_bits) << s->cluster_bits;
-            void *block = qcow2_cache_get_empty(&s->rb_cache, off, &ret);
-            if (!block) {
-                goto fail;
+    {
+        uint64_t j = 0;
+        for (uint64_t idx = t >> s->rb_bits;
+             idx <= (t + tclusters + nb - 1) >> s->rb_bits; idx++) {
+            if (!s->reftable[idx]) {
+                uint64_t off = (t + tclusters + j++) * cs;
+                void *block = qcow2_cache_get_empty(&s->rb_cache, off, &ret);
+                if (!block) {
+                    goto fail;
+                }
+                qcow2_cache_mark_dirty(&s->rb_cache, block);
+                qcow2_cache_put(&s->rb_cache, block);
+                s->reftable[idx] = off;
             }
-            qcow2_rc_set_entry(block, s->refcount_order, 0, 1);
-            qcow2_cache_mark_dirty(&s->rb_cache, block);
-            qcow2_cache_put(&s->rb_cache, block);
-            s->reftable[idx] = off;
-            note_end(s, off + cs);
         }
+        tclusters_total = tclusters + nb;
     }
-    ret = qcow2_update_refcount(s, t * cs, tclusters * cs, 1);
+    ret = qcow2_update_refcount(s, t * cs, tclusters_total * cs, 1);
     if (ret < 0) {
         goto fail;
     }
@@ -260,7 +265,7 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries)
     if (ret < 0) {
         goto fail;
     }
-    note_end(s, (t + tclusters) * cs);
+    note_end(s, (t + tclusters_total) * cs);
     s->reftable_offset = t * cs;
     s->reftable_clusters = (uint32_t)tclusters;
     g_free(old_table);
@@ -343,7 +348,7 @@ static int find_free_run(Qcow2State *s, uint64_t n, uint64_t *start)
     bool at_hint = true;
 
     for (;;) {
-        uint64_t rc;
+        uint64_t rc = 0;
         int ret = qcow2_get_refcount(s, ci, &rc);
         if (ret < 0) {
             return ret;
@@ -368,41 +373,81 @@ static int find_free_run(Qcow2State *s, uint64_t n, uint64_t *start)
     }
 }
 
+/*
+ * n contiguous clusters.  Refcount blocks the run needs are placed at the
+ * start of a slightly longer free run, so a run may cross any number of
+ * block ranges (64 clusters each with 512-byte clusters and 64-bit
+ * refcounts).
+ */
 int64_t qcow2_alloc_clusters(Qcow2State *s, uint64_t n)
 {
-    uint64_t start;
+    uint64_t rb = 1ull << s->rb_bits;
+    uint64_t extra = n / rb + 3;
+    uint64_t start, m = 0;
+    uint64_t missing[64];
     int ret;
 
     for (;;) {
-        bool moved = false;
-        ret = find_free_run(s, n, &start);
+        uint64_t last_idx;
+        ret = find_free_run(s, n + extra, &start);
         if (ret < 0) {
             return ret;
         }
-        /* Blocks this run needs may land in it: then search again. */
-        for (uint64_t idx = start >> s->rb_bits;
-             idx <= (start + n - 1) >> s->rb_bits; idx++) {
-            if (idx >= s->reftable_size || !s->reftable[idx]) {
-                uint64_t bc = idx << s->rb_bits;
-                ret = create_refblock(s, idx);
-                if (ret < 0) {
-                    return ret;
+        last_idx = (start + n + extra - 1) >> s->rb_bits;
+        if (last_idx >= s->reftable_size) {
+            ret = grow_reftable(s, last_idx + 1);
+            if (ret < 0) {
+                return ret;
+            }
+            continue;   /* the new table took clusters: search again */
+        }
+        m = 0;
+        for (uint64_t idx = start >> s->rb_bits; idx <= last_idx; idx++) {
+            if (!s->reftable[idx]) {
+                if (m == G_N_ELEMENTS(missing) || m == extra) {
+                    return -EFBIG;
                 }
-                if (bc >= start && bc < start + n) {
-                    moved = true;
-                }
+                missing[m++] = idx;
             }
         }
-        if (!moved) {
-            break;
-        }
+        break;
     }
+    if (m) {
+        /* Blocks first, in memory; then their own refcounts; then disk. */
+        for (uint64_t j = 0; j < m; j++) {
+            uint64_t off = (start + j) << s->cluster_bits;
+            void *block = qcow2_cache_get_empty(&s->rb_cache, off, &ret);
+            if (!block) {
+                return ret;
+            }
+            qcow2_cache_mark_dirty(&s->rb_cache, block);
+            qcow2_cache_put(&s->rb_cache, block);
+            s->reftable[missing[j]] = off;
+        }
+        ret = qcow2_update_refcount(s, start << s->cluster_bits,
+                                    m << s->cluster_bits, 1);
+        if (ret == 0) {
+            /* Invariant 2: blocks on disk before the table points at them. */
+            ret = qcow2_cache_write_all(&s->rb_cache);
+        }
+        if (ret == 0) {
+            ret = qcow2_barrier(s);
+        }
+        for (uint64_t j = 0; j < m && ret == 0; j++) {
+            ret = qcow2_write_reftable_entry(s, missing[j]);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        note_end(s, (start + m) << s->cluster_bits);
+    }
+    start += m;
     ret = qcow2_update_refcount(s, start << s->cluster_bits,
                                 n << s->cluster_bits, 1);
     if (ret < 0) {
         return ret;
     }
-    if (start == s->free_cluster_index) {
+    if (start - m == s->free_cluster_index) {
         s->free_cluster_index = start + n;
     }
     note_end(s, (start + n) << s->cluster_bits);

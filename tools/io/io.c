@@ -28,11 +28,35 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* Sizes as qemu-io prints them: "19.875 MiB", "1 MiB", "0 bytes". */
+static char *cvtstr(double value)
+{
+    static const char *const units[] = { " EiB", " PiB", " TiB", " GiB",
+                                         " MiB", " KiB" };
+    const char *suffix = " bytes";
+    char num[64];
+    char *trim;
+
+    for (int i = 0; i < 6; i++) {
+        double unit = (double)(1ull << (10 * (6 - i)));
+        if (value >= unit) {
+            value /= unit;
+            suffix = units[i];
+            break;
+        }
+    }
+    snprintf(num, sizeof(num), "%.3f", value);
+    trim = strstr(num, ".000");
+    if (trim) {
+        *trim = 0;
+    }
+    return g_strconcat(num, suffix, NULL);
+}
+
 static void print_stats(uint64_t bytes, double t)
 {
-    g_autofree char *sz = ferry_size_to_str(bytes);
-    g_autofree char *rate = ferry_size_to_str(t > 0 ? (uint64_t)(bytes / t)
-                                                    : bytes);
+    g_autofree char *sz = cvtstr(bytes);
+    g_autofree char *rate = cvtstr(t > 0 ? bytes / t : bytes);
     int min = (int)(t / 60);
     double sec = t - min * 60;
 
@@ -214,27 +238,38 @@ static int cmd_discard(BlockBackend *blk, int argc, char **argv)
     return 0;
 }
 
+/* Allocated or not in this layer, merged into runs as qemu-io's map. */
 static int cmd_map(BlockBackend *blk)
 {
     BlockNode *bs = blk_node(blk);
     int64_t len = blk_getlength(blk), off = 0;
 
     while (off < len) {
-        int64_t n, map;
-        BlockNode *file;
-        int depth;
-        int ret = block_node_block_status_above(bs, NULL, off, len - off, &n,
-                                                &map, &file, &depth);
+        int64_t n = 0;
+        bool alloc = false;
         g_autofree char *sz = NULL, *at = NULL;
-        if (ret < 0) {
-            printf("map failed: %s\n", g_strerror(-ret));
-            return -1;
+        while (off + n < len) {
+            int64_t pnum;
+            int depth = 0;
+            int ret = block_node_block_status_above(bs, NULL, off + n,
+                                                    len - off - n, &pnum,
+                                                    NULL, NULL, &depth);
+            bool a;
+            if (ret < 0) {
+                printf("map failed: %s\n", g_strerror(-ret));
+                return -1;
+            }
+            a = (ret & BLOCK_STATUS_ALLOCATED) && depth == 0;
+            if (n && a != alloc) {
+                break;
+            }
+            alloc = a;
+            n += pnum;
         }
-        sz = ferry_size_to_str(n);
-        at = ferry_size_to_str(off);
+        sz = cvtstr(n);
+        at = cvtstr(off);
         printf("%s (0x%" G_GINT64_MODIFIER "x) bytes %s allocated at offset %s "
-               "(0x%" G_GINT64_MODIFIER "x)\n", sz, n,
-               (ret & BLOCK_STATUS_ALLOCATED) && depth == 0 ? "    " : "not",
+               "(0x%" G_GINT64_MODIFIER "x)\n", sz, n, alloc ? "   " : "not",
                at, off);
         off += n;
     }
@@ -314,7 +349,7 @@ static int run_command(BlockBackend *blk, const char *line)
         return 0;
     } else if (!strcmp(argv[0], "length")) {
         int64_t len = blk_getlength(blk);
-        g_autofree char *s = len >= 0 ? ferry_size_to_str(len) : NULL;
+        g_autofree char *s = len >= 0 ? cvtstr(len) : NULL;
         if (len < 0) {
             printf("getlength: %s\n", g_strerror((int)-len));
             return -1;

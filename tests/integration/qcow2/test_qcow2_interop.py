@@ -389,3 +389,83 @@ def test_autoclear_bits_cleared_and_extensions_kept(ferry, qemu_img, tmp_path):
     assert struct.unpack(">Q", header(img)[88:96])[0] == 1 << 5
     ferry("io", "-c", "write 0 512", img)
     assert struct.unpack(">Q", header(img)[88:96])[0] == 0
+
+
+def test_map_and_length_match_qemu_io(ferry, qemu_img, qemu_io, tmp_path):
+    base = tmp_path / "mb.qcow2"
+    top = tmp_path / "mt.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", base, "16M")
+    qemu_io("-c", "write 0 1M", "-c", "write 10M 100k", "-c", "write -z 12M 1M",
+            base)
+    qemu_img("create", "-q", "-f", "qcow2", "-b", base.name, "-F", "qcow2",
+             top, "16M")
+    ferry("io", "-c", "write 512k 1M", "-c", "write -c 4M 128k",
+          "-c", "write -z 5M 64k", top)
+    for img in (base, top):
+        ours = ferry("io", "-r", "-c", "map", "-c", "length", img).out
+        theirs = qemu_io("-r", "-c", "map", "-c", "length", img).out
+        assert ours == theirs, img
+
+
+RANDOM_CONFIGS = [
+    ("v2", "compat=0.10", None),
+    ("v3-c4k", "cluster_size=4k", None),
+    ("extl2", "extended_l2=on,cluster_size=32k", None),
+    ("c512-rc8", "cluster_size=512,refcount_bits=8", None),
+    ("backing", "cluster_size=4k", "qcow2"),
+    ("extl2-backing", "extended_l2=on,cluster_size=16k", "raw"),
+]
+
+
+@pytest.mark.parametrize("cid,opts,backing", RANDOM_CONFIGS,
+                         ids=[c[0] for c in RANDOM_CONFIGS])
+def test_random_ops_match_reference(ferry, qemu_img, qemu_io, tmp_path, cid,
+                                    opts, backing):
+    import random
+    size = 4 * MiB
+    rnd = random.Random(cid)
+    ref = bytearray(size)
+    img = tmp_path / "r.qcow2"
+    args = ["-o", opts]
+    if backing:
+        base = tmp_path / ("b." + backing)
+        qemu_img("create", "-q", "-f", backing, base, str(size - 300 * 1024))
+        qemu_io("-f", backing, "-c", "write -P 0xbb 0 %d" % (size - 300 * 1024),
+                base)
+        ref[:size - 300 * 1024] = b"\xbb" * (size - 300 * 1024)
+        args += ["-b", base.name, "-F", backing]
+    ferry("img", "create", "-q", "-f", "qcow2", *args, img, str(size))
+    cluster = cluster_of(opts)
+    cmds = []
+    for i in range(60):
+        kind = rnd.choice(["write", "write", "write", "zero", "zerou", "compress",
+                           "discard"])
+        if kind == "compress":
+            off = rnd.randrange(0, size // cluster) * cluster
+            length = min(rnd.randrange(1, 4) * cluster, size - off)
+        else:
+            off = rnd.randrange(0, size // 512) * 512
+            length = min(rnd.randrange(1, 300) * 512, size - off)
+        pat = rnd.randrange(1, 255)
+        if kind == "write":
+            cmds += ["-c", "write -P 0x%x %d %d" % (pat, off, length)]
+            ref[off:off + length] = bytes([pat]) * length
+        elif kind == "compress":
+            cmds += ["-c", "write -c -P 0x%x %d %d" % (pat, off, length)]
+            ref[off:off + length] = bytes([pat]) * length
+        elif kind in ("zero", "zerou"):
+            cmds += ["-c", "write -z %s%d %d" % ("-u " if kind == "zerou" else "",
+                                                 off, length)]
+            ref[off:off + length] = bytes(length)
+        else:
+            # contents after a discard are undefined: zero them afterwards
+            cmds += ["-c", "discard %d %d" % (off, length),
+                     "-c", "write -z %d %d" % (off, length)]
+            ref[off:off + length] = bytes(length)
+    ferry("io", *cmds, img)
+    (tmp_path / "ref.raw").write_bytes(bytes(ref))
+    c = check_json(qemu_img, img)
+    assert c.get("corruptions", 0) == 0 and c.get("leaks", 0) == 0, c
+    qemu_img("compare", "-f", "raw", "-F", "qcow2", tmp_path / "ref.raw", img)
+    ours, _ = ferry_check(ferry, img)
+    assert int(ours["corruptions"]) == 0 and int(ours["leaks"]) == 0
