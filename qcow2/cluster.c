@@ -154,6 +154,7 @@ static int l2_allocate(Qcow2State *s, uint64_t idx)
         return ret;
     }
     s->l1[idx] = (uint64_t)new_off | QCOW2_OFLAG_COPIED;
+    s->meta_stale = true;
     be = GUINT64_TO_BE(s->l1[idx]);
     ret = block_node_pwrite(s->bs->file->node, s->l1_offset + idx * 8, 8, &be,
                             0);
@@ -528,15 +529,96 @@ static void in_flight_remove(Qcow2State *s, uint64_t start, uint64_t end)
 
 /* -- writes -------------------------------------------------------------- */
 
+static int u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * Locked.  The sorted list of metadata clusters that move: active and
+ * snapshot L2 tables, refcount blocks, snapshot L1 tables, bitmap tables.
+ * Rebuilt after any of them changes (meta_stale); snapshot L2 tables are
+ * read again only after a snapshot operation (inactive_l2_stale).
+ */
+static int rebuild_meta(Qcow2State *s)
+{
+    uint64_t cs = s->cluster_size;
+    g_autoptr(GArray) a = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+    int ret;
+
+    if (s->inactive_l2_stale) {
+        g_autoptr(GArray) in = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+        ret = qcow2_collect_inactive_l2(s, in);
+        if (ret < 0) {
+            return ret;
+        }
+        g_free(s->inactive_l2);
+        s->nb_inactive_l2 = in->len;
+        s->inactive_l2 = (uint64_t *)g_array_free(g_steal_pointer(&in), FALSE);
+        s->inactive_l2_stale = false;
+    }
+    g_array_append_vals(a, s->inactive_l2, s->nb_inactive_l2);
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        uint64_t off = s->l1[i] & QCOW2_L1E_OFFSET_MASK;
+        if (off) {
+            g_array_append_val(a, off);
+        }
+    }
+    for (uint64_t i = 0; i < s->reftable_size; i++) {
+        if (s->reftable[i]) {
+            g_array_append_val(a, s->reftable[i]);
+        }
+    }
+    for (uint32_t n = 0; n < s->nb_snapshots; n++) {
+        const Qcow2Snapshot *sn = &s->snapshots[n];
+        for (uint64_t o = 0; o < (uint64_t)sn->l1_size * 8; o += cs) {
+            uint64_t off = sn->l1_offset + o;
+            g_array_append_val(a, off);
+        }
+    }
+    qcow2_collect_bitmap_meta(s, a);
+    g_array_sort(a, u64_cmp);
+    g_free(s->meta);
+    s->nb_meta = a->len;
+    s->meta = (uint64_t *)g_array_free(g_steal_pointer(&a), FALSE);
+    s->meta_stale = false;
+    return 0;
+}
+
+/* Is a metadata cluster of the sorted list inside [start, end)? */
+static bool meta_hit(Qcow2State *s, uint64_t start, uint64_t end)
+{
+    size_t lo = 0, hi = s->nb_meta;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->meta[mid] < start) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo < s->nb_meta && s->meta[lo] < end;
+}
+
 /* Does this metadata-free host range collide with known metadata? */
 static int overlap_check(Qcow2State *s, uint64_t host, uint64_t bytes)
 {
     uint64_t end = host + bytes;
     uint64_t cs = s->cluster_size;
     const char *what = NULL;
+    int ret;
 
     if (s->has_data_file) {
         return 0;
+    }
+    if (s->meta_stale || s->inactive_l2_stale) {
+        ret = rebuild_meta(s);
+        if (ret < 0) {
+            return ret;
+        }
     }
     if (host < cs) {
         what = "the header";
@@ -546,17 +628,14 @@ static int overlap_check(Qcow2State *s, uint64_t host, uint64_t bytes)
     } else if (host < s->reftable_offset + s->reftable_clusters * cs &&
                s->reftable_offset < end) {
         what = "the refcount table";
-    } else if (s->nb_snapshots && host < s->snapshots_offset + cs &&
+    } else if (s->nb_snapshots &&
+               host < s->snapshots_offset +
+                      qcow2_align_up(s->snapshots_size, cs) &&
                s->snapshots_offset < end) {
         what = "the snapshot table";
-    } else {
-        for (uint32_t i = 0; i < s->l1_size; i++) {
-            uint64_t l2 = s->l1[i] & QCOW2_L1E_OFFSET_MASK;
-            if (l2 && l2 < end && host < l2 + cs) {
-                what = "an L2 table";
-                break;
-            }
-        }
+    } else if (meta_hit(s, host & ~(cs - 1), end)) {
+        what = "an L2 table, refcount block, snapshot L1 table or bitmap "
+               "table";
     }
     if (what) {
         return qcow2_mark_corrupt_locked(s, "a data write to host offset 0x%"
@@ -856,11 +935,16 @@ int qcow2_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
     const uint8_t *p = buf;
     int ret = 0;
 
+    ret = qcow2_bitmaps_before_write(s);
+    if (ret < 0) {
+        return ret;
+    }
     if (flags & BLOCK_REQ_WRITE_COMPRESSED) {
         return qcow2_pwrite_compressed(bs, offset, bytes, buf);
     }
     while (bytes > 0) {
         WriteRun r;
+        uint64_t ip_end = 0;
 
         g_mutex_lock(&s->lock);
         if (s->incompat & QCOW2_INCOMPAT_CORRUPT) {
@@ -903,6 +987,10 @@ int qcow2_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
                 in_flight_add(s, r.cl_start,
                               r.cl_start + r.nclusters * s->cluster_size);
             }
+        } else if (ret == 0) {
+            /* Invariant 11: a discard of these clusters waits for us. */
+            ip_end = qcow2_align_up(r.offset + r.bytes, s->cluster_size);
+            in_flight_add(s, r.cl_start, ip_end);
         }
         g_mutex_unlock(&s->lock);
         if (ret < 0) {
@@ -910,6 +998,9 @@ int qcow2_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
         }
         if (!r.alloc) {
             ret = block_node_pwrite(qcow2_data_node(s), r.host, r.bytes, p, 0);
+            g_mutex_lock(&s->lock);
+            in_flight_remove(s, r.cl_start, ip_end);
+            g_mutex_unlock(&s->lock);
         } else {
             uint64_t end = r.cl_start + r.nclusters * s->cluster_size;
             ret = write_alloc_run(s, &r, p);
@@ -1165,6 +1256,10 @@ int qcow2_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes,
     if (s->has_data_file && s->data_file_raw) {
         return -ENOTSUP;    /* the raw data file must hold the zeroes */
     }
+    ret = qcow2_bitmaps_before_write(s);
+    if (ret < 0) {
+        return ret;
+    }
     if (end == s->size) {
         b = qcow2_align_up(end, scs);  /* the image's last partial cluster */
     }
@@ -1233,6 +1328,10 @@ int qcow2_pdiscard(BlockNode *bs, int64_t offset, int64_t bytes)
     }
     if (a >= b) {
         return 0;       /* discard is advisory: partial clusters stay */
+    }
+    ret = qcow2_bitmaps_before_write(s);
+    if (ret < 0) {
+        return ret;
     }
     g_mutex_lock(&s->lock);
     if (s->incompat & QCOW2_INCOMPAT_CORRUPT) {

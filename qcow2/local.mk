@@ -10,6 +10,9 @@ libferry_a_SOURCES += \
 	qcow2/compress.c \
 	qcow2/create.c \
 	qcow2/check.c \
+	qcow2/snapshot.c \
+	qcow2/bitmap.c \
+	qcow2/amend.c \
 	$(NULL)
 
 # Unit tests of the driver internals (tests/unit/qcow2/).
