@@ -198,10 +198,10 @@ static bool parse_entry(Qcow2State *s, TableReader *r, uint64_t *pos,
         return false;
     }
     if (!valid_l1(s, sn->l1_offset, sn->l1_size, r->file_len, &why)) {
-        ferry_error_set(errp, FERRY_ERROR_CORRUPT, "qcow2 '%s': the L1 table of "
-                        "snapshot table entry %u (%u entries at 0x%"
-                        G_GINT64_MODIFIER "x) %s", f, i, sn->l1_size,
-                        sn->l1_offset, why);
+        ferry_error_set(errp, FERRY_ERROR_CORRUPT, "qcow2 '%s': the %u-entry "
+                        "L1 table at 0x%" G_GINT64_MODIFIER "x of snapshot "
+                        "table entry %u %s", f, sn->l1_size, sn->l1_offset, i,
+                        why);
         return false;
     }
     if (sn->disk_size > (uint64_t)INT64_MAX - s->cluster_size) {

@@ -234,6 +234,104 @@ def leaked_cluster(p):
     img.write(img.refblock_offset() + 2 * n, struct.pack(">H", 1))
 
 
+def with_snapshot(p):
+    img = base_image(p)
+    run("qemu-img", "snapshot", "-c", "s1", p)
+    return img
+
+
+def snapshot_entry(img):
+    """Offset of the first snapshot table entry (header field 64)."""
+    return img.u64(64)
+
+
+def snapshot_l1_past_eof(p):
+    img = with_snapshot(p)
+    img.put64(snapshot_entry(img), eof_aligned(img))
+
+
+def snapshot_l1_unaligned(p):
+    img = with_snapshot(p)
+    e = snapshot_entry(img)
+    img.put64(e, img.u64(e) + 512)
+
+
+def snapshot_l1_size_absurd(p):
+    img = with_snapshot(p)
+    img.put32(snapshot_entry(img) + 8, 0x7fffffff)
+
+
+def snapshot_extra_data_absurd(p):
+    img = with_snapshot(p)
+    img.put32(snapshot_entry(img) + 36, 0x7fffffff)
+
+
+def snapshot_entry_past_eof(p):
+    """The second of two entries would start past the end of the file."""
+    img = with_snapshot(p)
+    e = snapshot_entry(img)
+    # the id string of entry 0 swallows the rest of the file
+    img.write(e + 12, struct.pack(">H", 0xffff))
+    img.put32(60, 2)
+
+
+def with_bitmap(p):
+    img = base_image(p)
+    run("qemu-img", "bitmap", "--add", p, "b0")
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 0x44 2M 64k", p)
+    return img
+
+
+def bitmaps_ext(img):
+    """Offset of the bitmaps header extension's data."""
+    pos = img.u32(100)
+    while True:
+        kind, length = struct.unpack(">II", img.read(pos, 8))
+        if kind == 0x23852875:
+            return pos + 8
+        assert kind != 0, "no bitmaps extension"
+        pos += 8 + (length + 7) // 8 * 8
+
+
+def bitmap_dir_past_eof(p):
+    img = with_bitmap(p)
+    img.put64(bitmaps_ext(img) + 16, eof_aligned(img))
+
+
+def bitmap_count_absurd(p):
+    img = with_bitmap(p)
+    img.put32(bitmaps_ext(img), 0x7fffffff)
+
+
+def bitmap_dir_size_absurd(p):
+    img = with_bitmap(p)
+    img.put64(bitmaps_ext(img) + 8, 1 << 40)
+
+
+def bitmap_table_size_absurd(p):
+    img = with_bitmap(p)
+    d = img.u64(bitmaps_ext(img) + 16)
+    img.put32(d + 8, 0x7fffffff)
+
+
+def bitmap_table_past_eof(p):
+    img = with_bitmap(p)
+    d = img.u64(bitmaps_ext(img) + 16)
+    img.put64(d, eof_aligned(img))
+
+
+def bitmap_granularity_absurd(p):
+    img = with_bitmap(p)
+    d = img.u64(bitmaps_ext(img) + 16)
+    img.write(d + 17, bytes([63]))
+
+
+def bitmap_name_past_dir(p):
+    img = with_bitmap(p)
+    d = img.u64(bitmaps_ext(img) + 16)
+    img.write(d + 18, struct.pack(">H", 1000))
+
+
 def backing_chain_loop(p):
     d = os.path.dirname(p)
     other = os.path.join(d, os.path.basename(p) + ".b.qcow2")
@@ -266,6 +364,18 @@ CASES = {
     "snapshot-table-past-eof": (snapshot_table_past_eof, "open"),
     "snapshot-count-absurd": (snapshot_count_absurd, "open"),
     "extension-length-overflow": (extension_length_overflow, "open"),
+    "snapshot-l1-past-eof": (snapshot_l1_past_eof, "open"),
+    "snapshot-l1-unaligned": (snapshot_l1_unaligned, "open"),
+    "snapshot-l1-size-absurd": (snapshot_l1_size_absurd, "open"),
+    "snapshot-extra-data-absurd": (snapshot_extra_data_absurd, "open"),
+    "snapshot-entry-past-eof": (snapshot_entry_past_eof, "open"),
+    "bitmap-dir-past-eof": (bitmap_dir_past_eof, "open"),
+    "bitmap-count-absurd": (bitmap_count_absurd, "open"),
+    "bitmap-dir-size-absurd": (bitmap_dir_size_absurd, "open"),
+    "bitmap-table-size-absurd": (bitmap_table_size_absurd, "open"),
+    "bitmap-table-past-eof": (bitmap_table_past_eof, "open"),
+    "bitmap-granularity-absurd": (bitmap_granularity_absurd, "open"),
+    "bitmap-name-past-dir": (bitmap_name_past_dir, "open"),
     "backing-chain-loop": (backing_chain_loop, "open"),
     "backing-self": (backing_self, "open"),
     "l2-past-eof": (l2_past_eof, "read"),
