@@ -603,6 +603,12 @@ static bool meta_hit(Qcow2State *s, uint64_t start, uint64_t end)
     return lo < s->nb_meta && s->meta[lo] < end;
 }
 
+/* Locked.  Is the cluster at off in the overlap check's list? */
+bool qcow2_is_meta_cluster(Qcow2State *s, uint64_t off)
+{
+    return !s->meta_stale && meta_hit(s, off, off + 1);
+}
+
 /* Does this metadata-free host range collide with known metadata? */
 static int overlap_check(Qcow2State *s, uint64_t host, uint64_t bytes)
 {
@@ -997,6 +1003,9 @@ int qcow2_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
             return ret;
         }
         if (!r.alloc) {
+            if (G_UNLIKELY(s->test_hook)) {
+                s->test_hook(s, "in-place-write");
+            }
             ret = block_node_pwrite(qcow2_data_node(s), r.host, r.bytes, p, 0);
             g_mutex_lock(&s->lock);
             in_flight_remove(s, r.cl_start, ip_end);

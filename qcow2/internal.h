@@ -295,6 +295,9 @@ struct Qcow2State {
     uint64_t *inactive_l2;      /* L2 tables of snapshots only (lock) */
     size_t nb_inactive_l2;
     bool inactive_l2_stale;
+    /* Unit tests only: called at named points of the data path, unlocked
+     * ("in-place-write": before an in-place data write).  NULL in use. */
+    void (*test_hook)(Qcow2State *s, const char *event);
 };
 
 static inline uint64_t qcow2_align_up(uint64_t x, uint64_t a)
@@ -379,6 +382,7 @@ int qcow2_get_l2_for_write(Qcow2State *s, uint64_t offset, void **l2);
 int qcow2_grow_l1_locked(Qcow2State *s, uint64_t min_size);
 int qcow2_preallocate_locked(Qcow2State *s, uint64_t offset, uint64_t end,
                              uint64_t *host_end);
+bool qcow2_is_meta_cluster(Qcow2State *s, uint64_t off);
 int qcow2_discard_range_locked(Qcow2State *s, uint64_t offset, uint64_t end,
                                bool full, Qcow2DiscardType type);
 

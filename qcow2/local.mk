@@ -19,3 +19,9 @@ libferry_a_SOURCES += \
 check_PROGRAMS += tests/unit/qcow2/test-qcow2
 TESTS += tests/unit/qcow2/test-qcow2
 tests_unit_qcow2_test_qcow2_LDADD = $(FERRY_LIBS)
+
+# Snapshots and persistent bitmaps (tests/unit/qcow2/).
+check_PROGRAMS += tests/unit/qcow2/test-snapshot tests/unit/qcow2/test-bitmap
+TESTS += tests/unit/qcow2/test-snapshot tests/unit/qcow2/test-bitmap
+tests_unit_qcow2_test_snapshot_LDADD = $(FERRY_LIBS)
+tests_unit_qcow2_test_bitmap_LDADD = $(FERRY_LIBS)

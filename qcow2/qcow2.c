@@ -164,12 +164,24 @@ static size_t add_ext(uint8_t *buf, size_t pos, size_t cap, uint32_t type,
     return pos + need;
 }
 
+static bool serialize_header(Qcow2State *s, uint8_t *buf, size_t cap,
+                             bool feature_names);
+
 /*
  * Serialise the first cluster: header fields, extensions (backing format,
- * data file, feature names, then the ones we keep verbatim), end marker,
- * backing file name.  Returns false if they do not fit in one cluster.
+ * data file, feature names, bitmaps, then the ones we keep verbatim), end
+ * marker, backing file name.  The feature names are only a courtesy to
+ * readers: with small clusters they give way, as in QEMU.  Returns false
+ * if the rest does not fit in one cluster.
  */
 bool qcow2_serialize_header(Qcow2State *s, uint8_t *buf, size_t cap)
+{
+    return serialize_header(s, buf, cap, true) ||
+           serialize_header(s, buf, cap, false);
+}
+
+static bool serialize_header(Qcow2State *s, uint8_t *buf, size_t cap,
+                             bool feature_names)
 {
     uint32_t hlen = s->version >= 3 ? MAX(s->header_length,
                                           (uint32_t)QCOW2_HDR_V3_CREATE_LEN)
@@ -205,7 +217,7 @@ bool qcow2_serialize_header(Qcow2State *s, uint8_t *buf, size_t cap)
         pos = add_ext(buf, pos, cap, QCOW2_EXT_DATA_FILE, s->data_file_name,
                       strlen(s->data_file_name));
     }
-    if (s->version >= 3 && pos) {
+    if (s->version >= 3 && pos && feature_names) {
         uint8_t ft[G_N_ELEMENTS(feature_table) * 48] = { 0 };
         for (size_t i = 0; i < G_N_ELEMENTS(feature_table); i++) {
             ft[i * 48] = feature_table[i].type;

@@ -532,11 +532,13 @@ int qcow2_free_clusters_now(Qcow2State *s, uint64_t offset, uint64_t clusters,
     if (ret < 0) {
         return ret;
     }
-    s->meta_stale = true;
     for (uint64_t c = 0; c < clusters; c++) {
         uint64_t off = offset + c * cs, rc = 1;
         if (qcow2_get_refcount(s, off >> s->cluster_bits, &rc) < 0 || rc) {
             continue;
+        }
+        if (qcow2_is_meta_cluster(s, off)) {
+            s->meta_stale = true;   /* the overlap check forgets it */
         }
         qcow2_cache_discard(&s->l2_cache, off);
         if (s->discard_passthrough[type]) {
