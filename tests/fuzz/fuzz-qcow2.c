@@ -1,7 +1,8 @@
 /*
  * libFuzzer harness: a qcow2 image from untrusted bytes, opened read-only
  * without its backing file, then info, check (no repair), block status and
- * reads of the first clusters and a few scattered ones.
+ * reads of the first clusters and a few scattered ones; then opened again
+ * as a user would (bitmaps loaded) to list snapshots and count bitmaps.
  */
 #include "config.h"
 
@@ -13,6 +14,7 @@
 #include <glib.h>
 
 #include "blockdev/backend.h"
+#include "blockdev/bitmap.h"
 #include "blockdev/driver.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -69,6 +71,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     g_clear_error(&err);
     if (blk) {
         exercise(blk_node(blk));
+        blk_unref(blk);
+    }
+    blk = blk_open(spec, NULL, NULL, BLOCK_O_NO_BACKING, &err);
+    g_clear_error(&err);
+    if (blk) {
+        BlockNode *bs = blk_node(blk);
+        BlockSnapshotInfo *list = NULL;
+        int n = bs->drv->snapshot_list ? bs->drv->snapshot_list(bs, &list, &err)
+                                       : 0;
+        for (int i = 0; i < n; i++) {
+            block_snapshot_info_clear(&list[i]);
+        }
+        g_free(list);
+        g_clear_error(&err);
+        for (GList *l = bs->bitmaps; l; l = l->next) {
+            block_dirty_bitmap_count(l->data);
+        }
         blk_unref(blk);
     }
     close(fd);
