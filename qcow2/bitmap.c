@@ -713,6 +713,10 @@ bool qcow2_store_bitmaps_locked(Qcow2State *s, GError **errp)
         return true;
     }
     if (mem->len && s->version < 3) {
+        /* They can never be stored here: say it once, not again at close. */
+        for (guint i = 0; i < mem->len; i++) {
+            ((BlockDirtyBitmap *)mem->pdata[i])->persistent = false;
+        }
         ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED, "qcow2 '%s': cannot store "
                         "dirty bitmaps in a compat=0.10 image", qcow2_fname(s));
         return false;
