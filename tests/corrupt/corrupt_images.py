@@ -211,6 +211,22 @@ def data_overlaps_l1(p):
     img.put64(img.l2_offset(), (1 << 63) | img.l1_offset)
 
 
+def data_overlaps_refcount_block(p):
+    """An in-place writable data cluster that is the refcount block."""
+    img = base_image(p)
+    img.put64(img.l2_offset(), (1 << 63) | img.refblock_offset())
+
+
+def data_overlaps_snapshot_l2(p):
+    """An in-place writable data cluster that is a snapshot's L2 table."""
+    img = with_snapshot(p)
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 0x55 64k 4k", p)  # COW the L2
+    snap_l1 = img.u64(snapshot_entry(img))
+    snap_l2 = img.u64(snap_l1) & 0x00fffffffffffe00
+    assert snap_l2 != img.l2_offset()
+    img.put64(img.l2_offset() + 8 * 5, (1 << 63) | snap_l2)
+
+
 def refcount_overflow(p):
     """refcount_bits=1: two L2 entries share one cluster whose refcount can
     only be 1."""
@@ -384,6 +400,8 @@ CASES = {
     "compressed-past-eof": (compressed_past_eof, "read"),
     "l2-overlaps-refcount-block": (l2_overlaps_refcount_block, "check"),
     "data-overlaps-l1": (data_overlaps_l1, "check"),
+    "data-overlaps-refcount-block": (data_overlaps_refcount_block, "check"),
+    "data-overlaps-snapshot-l2": (data_overlaps_snapshot_l2, "check"),
     "refcount-overflow": (refcount_overflow, "check"),
     "refcount-zero-for-used-cluster": (refcount_zero_for_used_cluster, "check"),
     "leaked-cluster": (leaked_cluster, "leak"),

@@ -100,6 +100,28 @@ def test_check_agrees_with_qemu_img(ferry, qemu_img, corpus, name):
 
 
 @need_qemu
+@pytest.mark.parametrize("name,guest,meta", [
+    ("data-overlaps-refcount-block", 0, "refblock"),
+    ("data-overlaps-snapshot-l2", 5 * 65536, "snapshot-l2"),
+    ("data-overlaps-l1", 0, "l1"),
+])
+def test_in_place_write_onto_metadata_refused(ferry, corpus, tmp_path, name,
+                                              guest, meta):
+    """The overlap check stops a data write aimed at metadata: one clear
+    line, and the metadata cluster keeps its bytes."""
+    path = fresh_copy(corpus, name, tmp_path)
+    img = corrupt_images.Image(path)
+    host = {"refblock": img.refblock_offset,
+            "l1": lambda: img.l1_offset,
+            "snapshot-l2": lambda: img.u64(img.u64(img.u64(64))) & 0x00fffffffffffe00}[meta]()
+    before = img.read(host, 65536)
+    res = ferry("io", "-c", "write -P 0x99 %d 4k" % guest, path, check=False)
+    assert res.rc != 0, res
+    assert "would overwrite" in res.err, res.err
+    assert img.read(host, 65536) == before
+
+
+@need_qemu
 def test_leak_is_exit_3_and_repairable(ferry, qemu_img, corpus, tmp_path):
     path = fresh_copy(corpus, "leaked-cluster", tmp_path)
     res = ferry("img", "check", "--output=json", path, check=False)
