@@ -536,16 +536,36 @@ static int u64_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* What a metadata cluster of the overlap list is: its low bits. */
+enum { META_L2, META_SNAPSHOT_L2, META_REFBLOCK, META_SNAPSHOT_L1,
+       META_BITMAP };
+static const char *const meta_names[] = {
+    [META_L2] = "an L2 table", [META_SNAPSHOT_L2] = "a snapshot's L2 table",
+    [META_REFBLOCK] = "a refcount block",
+    [META_SNAPSHOT_L1] = "a snapshot's L1 table",
+    [META_BITMAP] = "a bitmap directory or table",
+};
+
+static void meta_add(GArray *a, uint64_t off, uint64_t kind)
+{
+    uint64_t v = off | kind;
+
+    g_array_append_val(a, v);
+}
+
 /*
- * Locked.  The sorted list of metadata clusters that move: active and
- * snapshot L2 tables, refcount blocks, snapshot L1 tables, bitmap tables.
- * Rebuilt after any of them changes (meta_stale); snapshot L2 tables are
- * read again only after a snapshot operation (inactive_l2_stale).
+ * Locked.  The sorted list of metadata clusters that move, each offset
+ * tagged with its kind in the low bits (clusters are 512-byte aligned or
+ * more): active and snapshot L2 tables, refcount blocks, snapshot L1
+ * tables, bitmap tables.  Rebuilt after any of them changes (meta_stale);
+ * snapshot L2 tables are read again only after a snapshot operation
+ * (inactive_l2_stale).
  */
 static int rebuild_meta(Qcow2State *s)
 {
     uint64_t cs = s->cluster_size;
     g_autoptr(GArray) a = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+    g_autoptr(GArray) bm = g_array_new(FALSE, FALSE, sizeof(uint64_t));
     int ret;
 
     if (s->inactive_l2_stale) {
@@ -559,26 +579,30 @@ static int rebuild_meta(Qcow2State *s)
         s->inactive_l2 = (uint64_t *)g_array_free(g_steal_pointer(&in), FALSE);
         s->inactive_l2_stale = false;
     }
-    g_array_append_vals(a, s->inactive_l2, s->nb_inactive_l2);
+    for (size_t i = 0; i < s->nb_inactive_l2; i++) {
+        meta_add(a, s->inactive_l2[i], META_SNAPSHOT_L2);
+    }
     for (uint32_t i = 0; i < s->l1_size; i++) {
         uint64_t off = s->l1[i] & QCOW2_L1E_OFFSET_MASK;
         if (off) {
-            g_array_append_val(a, off);
+            meta_add(a, off, META_L2);
         }
     }
     for (uint64_t i = 0; i < s->reftable_size; i++) {
         if (s->reftable[i]) {
-            g_array_append_val(a, s->reftable[i]);
+            meta_add(a, s->reftable[i], META_REFBLOCK);
         }
     }
     for (uint32_t n = 0; n < s->nb_snapshots; n++) {
         const Qcow2Snapshot *sn = &s->snapshots[n];
         for (uint64_t o = 0; o < (uint64_t)sn->l1_size * 8; o += cs) {
-            uint64_t off = sn->l1_offset + o;
-            g_array_append_val(a, off);
+            meta_add(a, sn->l1_offset + o, META_SNAPSHOT_L1);
         }
     }
-    qcow2_collect_bitmap_meta(s, a);
+    qcow2_collect_bitmap_meta(s, bm);
+    for (guint i = 0; i < bm->len; i++) {
+        meta_add(a, g_array_index(bm, uint64_t, i), META_BITMAP);
+    }
     g_array_sort(a, u64_cmp);
     g_free(s->meta);
     s->nb_meta = a->len;
@@ -587,9 +611,10 @@ static int rebuild_meta(Qcow2State *s)
     return 0;
 }
 
-/* Is a metadata cluster of the sorted list inside [start, end)? */
-static bool meta_hit(Qcow2State *s, uint64_t start, uint64_t end)
+/* The first metadata cluster of the list inside [start, end), or NULL. */
+static const char *meta_hit(Qcow2State *s, uint64_t start, uint64_t end)
 {
+    uint64_t mask = s->cluster_size - 1;
     size_t lo = 0, hi = s->nb_meta;
 
     while (lo < hi) {
@@ -600,13 +625,16 @@ static bool meta_hit(Qcow2State *s, uint64_t start, uint64_t end)
             hi = mid;
         }
     }
-    return lo < s->nb_meta && s->meta[lo] < end;
+    if (lo < s->nb_meta && (s->meta[lo] & ~mask) < end) {
+        return meta_names[s->meta[lo] & mask];
+    }
+    return NULL;
 }
 
 /* Locked.  Is the cluster at off in the overlap check's list? */
 bool qcow2_is_meta_cluster(Qcow2State *s, uint64_t off)
 {
-    return !s->meta_stale && meta_hit(s, off, off + 1);
+    return !s->meta_stale && meta_hit(s, off, off + 1) != NULL;
 }
 
 /* Does this metadata-free host range collide with known metadata? */
@@ -639,9 +667,8 @@ static int overlap_check(Qcow2State *s, uint64_t host, uint64_t bytes)
                       qcow2_align_up(s->snapshots_size, cs) &&
                s->snapshots_offset < end) {
         what = "the snapshot table";
-    } else if (meta_hit(s, host & ~(cs - 1), end)) {
-        what = "an L2 table, refcount block, snapshot L1 table or bitmap "
-               "table";
+    } else {
+        what = meta_hit(s, host & ~(cs - 1), end);
     }
     if (what) {
         return qcow2_mark_corrupt_locked(s, "a data write to host offset 0x%"

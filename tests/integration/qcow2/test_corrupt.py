@@ -100,13 +100,14 @@ def test_check_agrees_with_qemu_img(ferry, qemu_img, corpus, name):
 
 
 @need_qemu
-@pytest.mark.parametrize("name,guest,meta", [
-    ("data-overlaps-refcount-block", 0, "refblock"),
-    ("data-overlaps-snapshot-l2", 5 * 65536, "snapshot-l2"),
-    ("data-overlaps-l1", 0, "l1"),
+@pytest.mark.parametrize("name,guest,meta,what", [
+    ("data-overlaps-refcount-block", 0, "refblock", "a refcount block"),
+    ("data-overlaps-snapshot-l2", 5 * 65536, "snapshot-l2",
+     "a snapshot's L2 table"),
+    ("data-overlaps-l1", 0, "l1", "the active L1 table"),
 ])
 def test_in_place_write_onto_metadata_refused(ferry, corpus, tmp_path, name,
-                                              guest, meta):
+                                              guest, meta, what):
     """The overlap check stops a data write aimed at metadata: one clear
     line, and the metadata cluster keeps its bytes."""
     path = fresh_copy(corpus, name, tmp_path)
@@ -117,7 +118,7 @@ def test_in_place_write_onto_metadata_refused(ferry, corpus, tmp_path, name,
     before = img.read(host, 65536)
     res = ferry("io", "-c", "write -P 0x99 %d 4k" % guest, path, check=False)
     assert res.rc != 0, res
-    assert "would overwrite" in res.err, res.err
+    assert "would overwrite " + what in res.err, res.err
     assert img.read(host, 65536) == before
 
 
