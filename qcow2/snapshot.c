@@ -685,8 +685,9 @@ static bool create_locked(Qcow2State *s, BlockSnapshotInfo *info,
         return false;
     }
     ret = qcow2_flush_locked(s);
-    if (ret == 0 && s->refcount_order < 6) {
-        /* A narrow refcount may not count one more reference: say so now. */
+    if (ret == 0 && s->refcount_order <= 3) {
+        /* A narrow refcount may not count one more reference: say so now
+         * (16 bits and more only overflow past QEMU's 65536 snapshots). */
         ret = walk_l1(s, s->l1, s->l1_size, WALK_CHECK_INC, &l1_changed);
         if (ret == -ERANGE) {
             ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED, "qcow2 '%s': a "
