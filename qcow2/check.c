@@ -376,6 +376,33 @@ static int check_copied(CheckCtx *c, bool fix)
     return 0;
 }
 
+/*
+ * Spec: v3 snapshot entries record at least the VM state size and the disk
+ * size (16 bytes of extra data).  An entry without them is a corruption, as
+ * qemu-img check says; repair writes the table again with them.
+ */
+static void check_snapshot_extras(Qcow2State *s, BlockCheckResult *res,
+                                  bool fix)
+{
+    int64_t incomplete = 0;
+
+    for (uint32_t i = 0; s->version >= 3 && i < s->nb_snapshots; i++) {
+        if (s->snapshots[i].extra_size < 16) {
+            ferry_debug("qcow2 check: snapshot table entry %u is incomplete",
+                        i);
+            incomplete++;
+        }
+    }
+    res->corruptions += incomplete;
+    if (fix && incomplete) {
+        if (qcow2_rewrite_snapshot_table(s) == 0) {
+            res->corruptions_fixed += incomplete;
+        } else {
+            res->check_errors++;
+        }
+    }
+}
+
 static bool run_check(Qcow2State *s, BlockCheckResult *res, uint32_t fix,
                       GError **errp)
 {
@@ -458,6 +485,7 @@ static bool run_check(Qcow2State *s, BlockCheckResult *res, uint32_t fix,
     }
     g_free(c.rc);
     check_copied(&c, fix & BLOCK_FIX_ERRORS);
+    check_snapshot_extras(s, res, fix & BLOCK_FIX_ERRORS);
     if (fix && qcow2_flush_locked(s) < 0) {
         res->check_errors++;
     }

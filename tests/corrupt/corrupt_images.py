@@ -291,6 +291,18 @@ def snapshot_entry_past_eof(p):
     img.put32(60, 2)
 
 
+def snapshot_extra_incomplete(p):
+    """A v3 snapshot entry with 8 bytes of extra data (no disk size)."""
+    img = with_snapshot(p)
+    e = snapshot_entry(img)
+    hdr = bytearray(img.read(e, 40))
+    extra = struct.unpack(">I", hdr[36:40])[0]
+    id_len, name_len = struct.unpack(">HH", hdr[12:16])
+    tail = img.read(e + 40 + extra, id_len + name_len)
+    hdr[36:40] = struct.pack(">I", 8)
+    img.write(e, bytes(hdr) + img.read(e + 40, 8) + tail + b"\0" * 16)
+
+
 def with_bitmap(p):
     img = base_image(p)
     run("qemu-img", "bitmap", "--add", p, "b0")
@@ -402,6 +414,7 @@ CASES = {
     "data-overlaps-l1": (data_overlaps_l1, "check"),
     "data-overlaps-refcount-block": (data_overlaps_refcount_block, "check"),
     "data-overlaps-snapshot-l2": (data_overlaps_snapshot_l2, "check"),
+    "snapshot-extra-incomplete": (snapshot_extra_incomplete, "check"),
     "refcount-overflow": (refcount_overflow, "check"),
     "refcount-zero-for-used-cluster": (refcount_zero_for_used_cluster, "check"),
     "leaked-cluster": (leaked_cluster, "leak"),

@@ -135,7 +135,8 @@ def test_leak_is_exit_3_and_repairable(ferry, qemu_img, corpus, tmp_path):
 
 @need_qemu
 @pytest.mark.parametrize("name", ["refcount-zero-for-used-cluster",
-                                  "leaked-cluster"])
+                                  "leaked-cluster",
+                                  "snapshot-extra-incomplete"])
 def test_repair_all_leaves_image_qemu_accepts(ferry, qemu_img, corpus,
                                                tmp_path, name):
     path = fresh_copy(corpus, name, tmp_path)
