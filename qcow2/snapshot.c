@@ -666,15 +666,55 @@ static int set_error(Qcow2State *s, int ret, const char *what, GError **errp)
     return ret;
 }
 
+/*
+ * Invariant 8, create: every cluster the active L1 reaches gains a
+ * reference and loses COPIED (flushed), then the L1 is copied to new
+ * clusters (flushed).  *l1_off: the copy (0 for an empty L1).
+ */
+static int share_active_l1(Qcow2State *s, int64_t *l1_off)
+{
+    uint64_t l1_clusters = qcow2_align_up((uint64_t)s->l1_size * 8,
+                                          s->cluster_size) >> s->cluster_bits;
+    g_autofree uint64_t *be = NULL;
+    bool l1_changed = false;
+    int ret = 0;
+
+    *l1_off = 0;
+    if (l1_clusters) {
+        *l1_off = qcow2_alloc_clusters(s, l1_clusters);
+        if (*l1_off < 0) {
+            return (int)*l1_off;
+        }
+    }
+    ret = walk_l1(s, s->l1, s->l1_size, WALK_INC, &l1_changed);
+    if (ret < 0) {
+        if (l1_clusters) {
+            qcow2_free_clusters_now(s, *l1_off, l1_clusters,
+                                    QCOW2_DISCARD_OTHER);
+        }
+        return ret;
+    }
+    ret = write_metadata(s, l1_changed);
+    if (ret < 0 || !l1_clusters) {
+        return ret;
+    }
+    be = g_try_malloc0(l1_clusters << s->cluster_bits);
+    if (!be) {
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        be[i] = GUINT64_TO_BE(s->l1[i]);
+    }
+    ret = block_node_pwrite(s->bs->file->node, *l1_off,
+                            l1_clusters << s->cluster_bits, be, 0);
+    return ret ? ret : qcow2_barrier(s);
+}
+
 static bool create_locked(Qcow2State *s, BlockSnapshotInfo *info,
                           GError **errp)
 {
-    uint64_t l1_bytes = (uint64_t)s->l1_size * 8;
-    uint64_t l1_clusters = qcow2_align_up(l1_bytes, s->cluster_size)
-                           >> s->cluster_bits;
-    g_autofree uint64_t *be = NULL;
     Qcow2Snapshot *sns, *sn;
-    bool l1_changed = false;
+    bool unused = false;
     int64_t l1_off = 0;
     int ret;
 
@@ -688,7 +728,7 @@ static bool create_locked(Qcow2State *s, BlockSnapshotInfo *info,
     if (ret == 0 && s->refcount_order <= 3) {
         /* A narrow refcount may not count one more reference: say so now
          * (16 bits and more only overflow past QEMU's 65536 snapshots). */
-        ret = walk_l1(s, s->l1, s->l1_size, WALK_CHECK_INC, &l1_changed);
+        ret = walk_l1(s, s->l1, s->l1_size, WALK_CHECK_INC, &unused);
         if (ret == -ERANGE) {
             ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED, "qcow2 '%s': a "
                             "cluster already has the most references "
@@ -697,33 +737,8 @@ static bool create_locked(Qcow2State *s, BlockSnapshotInfo *info,
             return false;
         }
     }
-    if (ret == 0 && l1_clusters) {
-        l1_off = qcow2_alloc_clusters(s, l1_clusters);
-        ret = l1_off < 0 ? (int)l1_off : 0;
-    }
     if (ret == 0) {
-        ret = walk_l1(s, s->l1, s->l1_size, WALK_INC, &l1_changed);
-        if (ret < 0 && l1_clusters) {
-            qcow2_free_clusters_now(s, l1_off, l1_clusters,
-                                    QCOW2_DISCARD_OTHER);
-        }
-    }
-    if (ret == 0) {
-        ret = write_metadata(s, l1_changed);
-    }
-    if (ret == 0 && l1_clusters) {
-        be = g_try_malloc0(l1_clusters << s->cluster_bits);
-        ret = be ? 0 : -ENOMEM;
-        for (uint32_t i = 0; ret == 0 && i < s->l1_size; i++) {
-            be[i] = GUINT64_TO_BE(s->l1[i]);
-        }
-        if (ret == 0) {
-            ret = block_node_pwrite(s->bs->file->node, l1_off,
-                                    l1_clusters << s->cluster_bits, be, 0);
-        }
-        if (ret == 0) {
-            ret = qcow2_barrier(s);
-        }
+        ret = share_active_l1(s, &l1_off);
     }
     if (ret < 0) {
         set_error(s, ret, "cannot create the snapshot", errp);
@@ -732,17 +747,14 @@ static bool create_locked(Qcow2State *s, BlockSnapshotInfo *info,
     sns = g_new0(Qcow2Snapshot, s->nb_snapshots + 1);
     memcpy(sns, s->snapshots, sizeof(*sns) * s->nb_snapshots);
     sn = &sns[s->nb_snapshots];
-    sn->id = next_id(s);
-    sn->name = g_strdup(info->name ? info->name : "");
-    sn->l1_offset = (uint64_t)l1_off;
-    sn->l1_size = s->l1_size;
-    sn->date_sec = info->date_sec;
-    sn->date_nsec = info->date_nsec;
-    sn->vm_clock_nsec = info->vm_clock_nsec;
-    sn->vm_state_size = info->vm_state_size;
-    sn->disk_size = s->size;
-    sn->icount = info->icount;
-    sn->extra_size = QCOW2_SNAPSHOT_EXTRA_KNOWN;
+    *sn = (Qcow2Snapshot){
+        .id = next_id(s), .name = g_strdup(info->name ? info->name : ""),
+        .l1_offset = (uint64_t)l1_off, .l1_size = s->l1_size,
+        .date_sec = info->date_sec, .date_nsec = info->date_nsec,
+        .vm_clock_nsec = info->vm_clock_nsec,
+        .vm_state_size = info->vm_state_size, .disk_size = s->size,
+        .icount = info->icount, .extra_size = QCOW2_SNAPSHOT_EXTRA_KNOWN,
+    };
     ret = write_table(s, sns, s->nb_snapshots + 1);
     if (ret < 0) {
         snapshot_clear(sn);
@@ -794,11 +806,69 @@ static void dirty_all_bitmaps(BlockNode *bs)
     g_mutex_unlock(&bs->bitmaps_lock);
 }
 
-static bool goto_locked(Qcow2State *s, Qcow2Snapshot *sn, GError **errp)
+/*
+ * Invariant 8, revert: the snapshot's clusters gain a reference (flushed),
+ * then its L1 is written over the active L1 (flushed).  Returns the new
+ * active L1 (host-endian, s->l1_size entries) in *out.
+ */
+static int take_snapshot_l1(Qcow2State *s, const Qcow2Snapshot *sn,
+                            uint64_t **out)
 {
     uint64_t l2_cover = s->cluster_size << s->l2_bits;
     uint64_t need = (sn->disk_size + l2_cover - 1) / l2_cover;
-    g_autofree uint64_t *new_l1 = NULL;
+    g_autofree uint64_t *l1 = NULL;
+    g_autofree uint64_t *be = NULL;
+    bool unused = false;
+    int ret;
+
+    ret = qcow2_grow_l1_locked(s, MAX(need, (uint64_t)sn->l1_size));
+    if (ret == 0) {
+        ret = qcow2_flush_locked(s);
+    }
+    if (ret == 0) {
+        ret = read_snapshot_l1(s, sn, s->l1_size, &l1);
+    }
+    if (ret == 0) {
+        ret = walk_l1(s, l1, sn->l1_size, WALK_INC, &unused);
+    }
+    if (ret == 0) {
+        ret = write_metadata(s, false);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    be = g_new(uint64_t, MAX(s->l1_size, 1));
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        be[i] = GUINT64_TO_BE(l1[i]);
+    }
+    ret = block_node_pwrite(s->bs->file->node, s->l1_offset,
+                            (int64_t)s->l1_size * 8, be, 0);
+    if (ret == 0) {
+        ret = qcow2_barrier(s);
+    }
+    if (ret == 0) {
+        *out = g_steal_pointer(&l1);
+    }
+    return ret;
+}
+
+static int write_size(Qcow2State *s, uint64_t size)
+{
+    uint64_t v = GUINT64_TO_BE(size);
+    int ret = qcow2_write_header_field(s, QCOW2_HDR_SIZE_OFF, &v, 8);
+
+    if (ret == 0) {
+        ret = qcow2_barrier(s);
+    }
+    if (ret == 0) {
+        __atomic_store_n(&s->size, size, __ATOMIC_RELAXED);
+    }
+    return ret;
+}
+
+static bool goto_locked(Qcow2State *s, Qcow2Snapshot *sn, GError **errp)
+{
+    uint64_t *new_l1 = NULL;
     g_autofree uint64_t *old_l1 = NULL;
     bool changed = false;
     uint32_t old_size;
@@ -809,31 +879,7 @@ static bool goto_locked(Qcow2State *s, Qcow2Snapshot *sn, GError **errp)
         ret = qcow2_bitmaps_before_write_locked(s);
     }
     if (ret == 0) {
-        ret = qcow2_grow_l1_locked(s, MAX(need, (uint64_t)sn->l1_size));
-    }
-    if (ret == 0) {
-        ret = qcow2_flush_locked(s);
-    }
-    if (ret == 0) {
-        ret = read_snapshot_l1(s, sn, s->l1_size, &new_l1);
-    }
-    if (ret == 0) {
-        ret = walk_l1(s, new_l1, sn->l1_size, WALK_INC, &changed);
-    }
-    if (ret == 0) {
-        ret = write_metadata(s, false);
-    }
-    if (ret == 0) {
-        /* The new active L1, in place, after its references are durable. */
-        g_autofree uint64_t *be = g_new(uint64_t, MAX(s->l1_size, 1));
-        for (uint32_t i = 0; i < s->l1_size; i++) {
-            be[i] = GUINT64_TO_BE(new_l1[i]);
-        }
-        ret = block_node_pwrite(s->bs->file->node, s->l1_offset,
-                                (int64_t)s->l1_size * 8, be, 0);
-        if (ret == 0) {
-            ret = qcow2_barrier(s);
-        }
+        ret = take_snapshot_l1(s, sn, &new_l1);
     }
     if (ret < 0) {
         set_error(s, ret, "cannot revert to the snapshot", errp);
@@ -841,21 +887,12 @@ static bool goto_locked(Qcow2State *s, Qcow2Snapshot *sn, GError **errp)
     }
     old_l1 = s->l1;
     old_size = s->l1_size;
-    s->l1 = g_steal_pointer(&new_l1);
+    s->l1 = new_l1;
     s->meta_stale = true;
     /* The old active clusters lose a reference (leaks at worst on error). */
     ret = walk_l1(s, old_l1, old_size, WALK_DEC, &changed);
     if (ret == 0 && sn->disk_size != s->size) {
-        uint8_t b[8];
-        uint64_t v = GUINT64_TO_BE(sn->disk_size);
-        memcpy(b, &v, 8);
-        ret = qcow2_write_header_field(s, QCOW2_HDR_SIZE_OFF, b, 8);
-        if (ret == 0) {
-            ret = qcow2_barrier(s);
-        }
-        if (ret == 0) {
-            __atomic_store_n(&s->size, sn->disk_size, __ATOMIC_RELAXED);
-        }
+        ret = write_size(s, sn->disk_size);
     }
     changed = false;
     if (ret == 0) {
