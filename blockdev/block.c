@@ -834,6 +834,11 @@ BlockChild *block_node_open_child(BlockNode *parent, json_t *options,
         /* Backing files are read-only unless a job reopens them. */
         flags &= ~BLOCK_O_RDWR;
     }
+    if (role == BLOCK_CHILD_FILE || role == BLOCK_CHILD_DATA_FILE) {
+        /* As QEMU: a format decides what it discards (qcow2's pass-discard-*
+         * options); the layer below it carries that out. */
+        flags |= BLOCK_O_UNMAP;
+    }
     if (val && json_is_null(val)) {
         return NULL;
     }
