@@ -210,3 +210,30 @@ def test_many_snapshots_round_trip(ferry, qemu_img, tmp_path):
         qemu_img("snapshot", "-l", img).out
     assert len(qemu_img("info", "--output=json", img).json()["snapshots"]) == 100
     qemu_checks_clean(qemu_img, img)
+
+
+def allocated(path):
+    import os
+    return os.stat(path).st_blocks * 512
+
+
+@pytest.mark.parametrize("passdown", ["on", "off"])
+def test_delete_gives_space_back(ferry, qemu_img, qemu_io, tmp_path, passdown):
+    """pass-discard-snapshot (on by default, as QEMU): clusters only the
+    deleted snapshot used are discarded in the file."""
+    img = make(qemu_img, tmp_path / "d.qcow2", "compat=1.1", "64M")
+    qemu_io("-f", "qcow2", "-c", "write -P 1 0 32M", img)
+    ferry("img", "snapshot", "-c", "s", img)
+    qemu_io("-f", "qcow2", "-c", "write -P 2 0 32M", img)
+    theirs = tmp_path / "theirs.qcow2"
+    shutil.copy(img, theirs)
+    before = allocated(img)
+    ferry("img", "snapshot", "--image-opts", "-d", "s",
+          "driver=qcow2,file.filename=%s,pass-discard-snapshot=%s" % (img, passdown))
+    qemu_img("snapshot", "-d", "s", theirs)
+    qemu_checks_clean(qemu_img, img)
+    if passdown == "on":
+        assert allocated(img) < before - 30 * MiB
+        assert abs(allocated(img) - allocated(theirs)) < 2 * MiB
+    else:
+        assert allocated(img) >= before - MiB
