@@ -813,6 +813,8 @@ bool qcow2_bitmap_can_store(BlockNode *bs, const char *name,
         why = "the granularity must be a power of two from 512 bytes to 2 GiB";
     } else if (!name || !*name || strlen(name) > QCOW2_BME_MAX_NAME) {
         why = "the name must have 1 to 1023 bytes";
+    } else if (len == 0) {
+        why = "the image is empty (QEMU cannot store a bitmap of 0 bytes)";
     } else if (dir_find(s->bitmaps, name)) {
         why = "the image already stores a bitmap of that name";
     } else if (count >= QCOW2_MAX_BITMAPS) {
