@@ -11,6 +11,7 @@
 #include "blockdev/bitmap.h"
 #include "blockdev/block.h"
 #include "blockdev/driver.h"
+#include "blockdev/job.h"
 #include "common/error.h"
 #include "common/opts.h"
 #include "qmp/commands.h"
@@ -283,6 +284,7 @@ void qmp_block_commands_shutdown(void)
     GHashTableIter it;
     gpointer value;
 
+    block_job_cancel_all_sync();
     if (!monitor_nodes) {
         return;
     }
