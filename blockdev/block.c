@@ -861,10 +861,11 @@ bool block_node_reopen(BlockNode *bs, uint32_t new_flags, GError **errp)
                         "become writable", bs->node_name);
         return false;
     }
-    block_node_drain_begin(bs);
     if (!(new_flags & BLOCK_O_RDWR) && (old_flags & BLOCK_O_RDWR)) {
+        /* before the drain: a flush is a request and would wait for it */
         block_node_flush(bs);
     }
+    block_node_drain_begin(bs);
     for (int i = 0; i < 2 && ok; i++) {
         if (kids[i] && rw_change) {
             uint32_t cf = (kids[i]->node->open_flags & ~BLOCK_O_RDWR) |

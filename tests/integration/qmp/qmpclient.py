@@ -72,10 +72,10 @@ class Qmp:
                 continue
             return msg
 
-    def cmd(self, name, **kwargs):
+    def cmd(self, _command, **kwargs):
         """Execute; return the 'return' value or raise QmpError."""
         args = {k.replace("_", "-"): v for k, v in kwargs.items()}
-        r = self.execute(name, args or None)
+        r = self.execute(_command, args or None)
         if "error" in r:
             raise QmpError(r)
         return r["return"]
@@ -147,7 +147,14 @@ class Daemon:
                 raise RuntimeError("%s did not start: %s" %
                                    (kind, self.log.read()))
             time.sleep(0.02)
-        self.qmp = Qmp(self.sock)
+        while True:      # the path appears at bind(), before listen()
+            try:
+                self.qmp = Qmp(self.sock)
+                break
+            except ConnectionRefusedError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.02)
 
     QSD_MONITORS = 6
 

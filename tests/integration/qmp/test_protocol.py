@@ -216,7 +216,7 @@ def test_ferry_qmp_tool(daemon, tmp_path):
                        timeout=30)
     assert r.returncode == 1
     assert json.loads(r.stdout)["error"]["class"] == "GenericError"
-    shell = 'blockdev-add {"driver": "null-co", "node-name": "s0"}\n' \
+    shell = 'blockdev-add {"driver": "null-co", "node-name": "s0", "size": 4096}\n' \
             '{"execute": "query-named-block-nodes", "id": 5}\n'
     r = subprocess.run([exe, "qmp", daemon.sock, "--shell"], input=shell,
                        capture_output=True, text=True, timeout=30)
