@@ -12,3 +12,8 @@ tests_unit_common_test_opts_LDADD = $(FERRY_LIBS)
 tests_unit_common_test_units_LDADD = $(FERRY_LIBS)
 tests_unit_blockdev_test_bitmap_LDADD = $(FERRY_LIBS)
 tests_unit_blockdev_test_graph_LDADD = $(FERRY_LIBS)
+
+# Block jobs under concurrent writers (tests/unit/blockdev/test-job.c).
+check_PROGRAMS += tests/unit/blockdev/test-job
+TESTS += tests/unit/blockdev/test-job
+tests_unit_blockdev_test_job_LDADD = $(FERRY_LIBS)
