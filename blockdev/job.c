@@ -759,6 +759,9 @@ BlockErrorAction block_job_error_action(BlockJob *job, bool is_read,
     block_job_unlock();
     if (action == BLOCK_ERROR_ACTION_STOP) {
         block_job_pause_point(job);
+    } else if (action == BLOCK_ERROR_ACTION_IGNORE) {
+        /* the caller retries: do not spin on a persistent error */
+        block_job_sleep_ns(job, 50 * 1000 * 1000);
     }
     return action;
 }

@@ -75,8 +75,7 @@ static json_t *cmd_add(json_t *args, GError **errp)
     }
     if (gran < 512 || gran > (INT64_C(1) << 31) || (gran & (gran - 1))) {
         g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
-                    "Granularity must be power of 2 between 512 and "
-                    "2147483648");
+                    "Granularity must be power of 2 and at least 512");
         return NULL;
     }
     if (block_dirty_bitmap_find(bs, name)) {

@@ -15,6 +15,8 @@
 #include "common/error.h"
 
 #define STREAM_CHUNK_BYTES (1 << 20)
+/* The job's own writes (past the hook), and unchanged data marks no bitmap. */
+#define STREAM_WFLAGS (BLOCK_REQ_JOB | BLOCK_REQ_NO_BITMAPS)
 
 typedef struct StreamJob {
     BlockJob job;
@@ -70,11 +72,11 @@ static int stream_chunk(StreamJob *s, int64_t off, int64_t n, void *buf,
         *done = pnum = above > 0 ? above : pnum;
         if (bst >= 0 && (bst & BLOCK_STATUS_ALLOCATED)) {
             if (bst & BLOCK_STATUS_ZERO) {
-                ret = block_node_pwrite_zeroes(top, off, pnum, BLOCK_REQ_JOB);
+                ret = block_node_pwrite_zeroes(top, off, pnum, STREAM_WFLAGS);
             } else {
                 ret = block_node_pread(top, off, pnum, buf, 0);
                 if (ret == 0) {
-                    ret = block_node_pwrite(top, off, pnum, buf, BLOCK_REQ_JOB);
+                    ret = block_node_pwrite(top, off, pnum, buf, STREAM_WFLAGS);
                 }
             }
         } else if (bst < 0) {
