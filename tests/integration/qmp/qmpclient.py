@@ -153,6 +153,8 @@ class Daemon:
                 break
             except ConnectionRefusedError:
                 if time.time() > deadline:
+                    self.proc.kill()
+                    self.proc.wait()
                     raise
                 time.sleep(0.02)
 
