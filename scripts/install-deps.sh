@@ -12,6 +12,7 @@ qemu-system-common
 python3 python3-pytest python3-pytest-xdist
 clang libfuzzer-14-dev
 fio hyperfine openssl
+cpio lz4
 "
 
 missing=""

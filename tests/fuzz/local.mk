@@ -3,6 +3,7 @@
 # its corpus in tests/fuzz/corpus/<name>/ as a regression test.
 FUZZ_HARNESSES = \
 	tests/fuzz/fuzz-opts \
+	tests/fuzz/fuzz-virtqueue \
 	$(NULL)
 FUZZ_HARNESSES += tests/fuzz/fuzz-qmp
 
@@ -26,3 +27,7 @@ tests_fuzz_fuzz_opts_LDADD = $(FERRY_LIBS)
 tests_fuzz_fuzz_qmp_SOURCES = tests/fuzz/fuzz-qmp.c $(FUZZ_MAIN)
 tests_fuzz_fuzz_qmp_CFLAGS = $(FUZZ_CFLAGS)
 tests_fuzz_fuzz_qmp_LDADD = $(FERRY_LIBS)
+
+tests_fuzz_fuzz_virtqueue_SOURCES = tests/fuzz/fuzz-virtqueue.c $(FUZZ_MAIN)
+tests_fuzz_fuzz_virtqueue_CFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_fuzz_virtqueue_LDADD = $(FERRY_LIBS)
