@@ -235,3 +235,53 @@ def test_ferry_qmp_tool(daemon, tmp_path):
     evs = [json.loads(x) for x in out.splitlines()]
     assert [e["data"]["status"] for e in evs] == ["created", "running"]
     daemon.qmp.cmd("job-cancel", id="jb")
+
+
+def test_tcp_listener_and_two_addresses(tmp_path):
+    """--serve takes several addresses; TCP speaks the same protocol."""
+    import socket as so
+    import time
+    s = so.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    path = str(tmp_path / "u.sock")
+    proc = subprocess.Popen([ferry_path(), "qmp", "--serve",
+                             "tcp:127.0.0.1:%d,server" % port, "--serve",
+                             "unix:%s,server,wait=off" % path])
+    try:
+        deadline = time.time() + 10
+        while True:
+            try:
+                c = so.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except ConnectionRefusedError:
+                assert time.time() < deadline
+                time.sleep(0.05)
+        f = c.makefile("rwb")
+        assert "QMP" in json.loads(f.readline())
+        f.write(b'{"execute":"qmp_capabilities"}{"execute":"query-version",'
+                b'"id":"t"}')
+        f.flush()
+        assert json.loads(f.readline()) == {"return": {}}
+        r = json.loads(f.readline())
+        assert r["id"] == "t" and r["return"]["qemu"]["major"] == 7
+        r = subprocess.run([ferry_path(), "qmp", "tcp:127.0.0.1:%d" % port,
+                            "query-commands"], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 0
+        r = subprocess.run([ferry_path(), "qmp", "unix:" + path, "quit"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_bad_listen_address_is_one_line_error(tmp_path):
+    r = subprocess.run([ferry_path(), "qmp", "--serve", "udp:1.2.3.4:5"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "unix:PATH or tcp:HOST:PORT" in r.stderr
