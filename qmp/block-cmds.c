@@ -237,20 +237,12 @@ static json_t *cmd_block_resize(json_t *args, GError **errp)
     BlockNode *bs;
     bool ok;
 
-    if (!!device == !!node) {
-        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
-                    "Need exactly one of 'device' and 'node-name'");
-        return NULL;
-    }
-    if (device) {
-        g_set_error(errp, QMP_ERROR, QMP_ERROR_DEVICE_NOT_FOUND,
-                    "Device '%s' not found", device);
-        return NULL;
-    }
-    bs = block_node_find(node);
+    /* QEMU's lookup: a device (none here) or else a node name. */
+    bs = device ? NULL : node ? block_node_find(node) : NULL;
     if (!bs) {
         g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
-                    "Cannot find device= nor node-name=%s", node);
+                    "Cannot find device='%s' nor node-name='%s'",
+                    device ? device : "", device ? "" : node ? node : "");
         return NULL;
     }
     if (size < 0) {
