@@ -25,3 +25,8 @@ tests_unit_tools_test_convert_plan_SOURCES = \
 	tools/img/convert-plan.c tools/img/convert-plan.h \
 	$(NULL)
 tests_unit_tools_test_convert_plan_LDADD = $(FERRY_LIBS)
+
+# The QMP input path: stream splitter and dispatcher (tests/unit/qmp/).
+check_PROGRAMS += tests/unit/qmp/test-qmp
+TESTS += tests/unit/qmp/test-qmp
+tests_unit_qmp_test_qmp_LDADD = $(FERRY_LIBS)
