@@ -4,6 +4,7 @@
 FUZZ_HARNESSES = \
 	tests/fuzz/fuzz-opts \
 	tests/fuzz/fuzz-virtqueue \
+	tests/fuzz/fuzz-qcow2 \
 	$(NULL)
 FUZZ_HARNESSES += tests/fuzz/fuzz-qmp
 
@@ -31,3 +32,6 @@ tests_fuzz_fuzz_qmp_LDADD = $(FERRY_LIBS)
 tests_fuzz_fuzz_virtqueue_SOURCES = tests/fuzz/fuzz-virtqueue.c $(FUZZ_MAIN)
 tests_fuzz_fuzz_virtqueue_CFLAGS = $(FUZZ_CFLAGS)
 tests_fuzz_fuzz_virtqueue_LDADD = $(FERRY_LIBS)
+tests_fuzz_fuzz_qcow2_SOURCES = tests/fuzz/fuzz-qcow2.c $(FUZZ_MAIN)
+tests_fuzz_fuzz_qcow2_CFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_fuzz_qcow2_LDADD = $(FERRY_LIBS)
