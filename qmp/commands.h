@@ -16,6 +16,9 @@ void qmp_register_bitmap_commands(void);
  * events to QMP */
 void qmp_register_job_commands(void);
 
+/* transaction.c: transaction (abort, block-dirty-bitmap-*, blockdev-backup) */
+void qmp_register_transaction_command(void);
+
 /* Close what the commands opened (nodes added by blockdev-add, jobs). */
 void qmp_block_commands_shutdown(void);
 

@@ -181,6 +181,30 @@ static bool check_args(Command *c, json_t *args, GError **errp)
     return true;
 }
 
+json_t *qmp_call(const char *name, json_t *args, GError **errp)
+{
+    Command *c = commands ? g_hash_table_lookup(commands, name) : NULL;
+    g_autoptr(json_t) empty = json_object();
+
+    if (!c) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_COMMAND_NOT_FOUND,
+                    "The command %s has not been found", name);
+        return NULL;
+    }
+    if (!args) {
+        args = empty;
+    }
+    if (!json_is_object(args)) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Invalid parameter type for 'data', expected: object");
+        return NULL;
+    }
+    if (!check_args(c, args, errp)) {
+        return NULL;
+    }
+    return c->cmd.fn(args, errp);
+}
+
 json_t *qmp_error_response(QmpErrorClass cls, const char *desc)
 {
     return json_pack("{s:{s:s,s:s}}", "error", "class",

@@ -168,3 +168,40 @@ def test_persistent_bitmap_survives_restart(any_daemon, tmp_path):
         assert b["count"] == DATA
     finally:
         again.stop()
+
+
+def test_transaction_bitmap_and_full_backup(any_daemon, tmp_path):
+    """libvirt's incremental backup start: a new bitmap and a full backup in
+    one transaction; then an abort and a failing action undo everything."""
+    q = any_daemon.qmp
+    base, mid, top = chain(tmp_path)
+    add_qcow2(q, "d", top)
+    full = qcow2(tmp_path / "full.qcow2", 16 * MiB)
+    add_qcow2(q, "full", full)
+    q.cmd("transaction", actions=[
+        {"type": "block-dirty-bitmap-add",
+         "data": {"node": "d", "name": "inc"}},
+        {"type": "blockdev-backup",
+         "data": {"device": "d", "target": "full", "sync": "full",
+                  "job-id": "t"}}])
+    assert "error" not in finish_job(q, "t")["data"]
+    assert bitmap(q, "d", "inc")["count"] == 0
+    q.cmd("block-dirty-bitmap-add", node="d", name="old", disabled=True)
+    r = q.execute("transaction", {"actions": [
+        {"type": "block-dirty-bitmap-add", "data": {"node": "d", "name": "x"}},
+        {"type": "block-dirty-bitmap-enable",
+         "data": {"node": "d", "name": "old"}},
+        {"type": "abort", "data": {}}]})
+    assert r["error"] == {"class": "GenericError",
+                          "desc": "Transaction aborted using Abort action"}
+    assert bitmap(q, "d", "x") is None
+    assert bitmap(q, "d", "old")["recording"] is False
+    r = q.execute("transaction", {"actions": [
+        {"type": "block-dirty-bitmap-remove",
+         "data": {"node": "d", "name": "old"}},
+        {"type": "blockdev-backup",
+         "data": {"device": "d", "target": "nope", "sync": "full"}}]})
+    assert r["error"]["class"] == "GenericError"
+    assert bitmap(q, "d", "old") is not None
+    any_daemon.stop()
+    compare(full, top)
