@@ -14,6 +14,7 @@ typedef struct FerryCommand {
 
 int img_main(int argc, char **argv);
 int io_main(int argc, char **argv);
+int qmp_main(int argc, char **argv);
 int run_main(int argc, char **argv);
 
 #endif

@@ -6,6 +6,7 @@ FUZZ_HARNESSES = \
 	tests/fuzz/fuzz-virtqueue \
 	tests/fuzz/fuzz-qcow2 \
 	$(NULL)
+FUZZ_HARNESSES += tests/fuzz/fuzz-qmp
 
 if ENABLE_FUZZING
 FUZZ_CFLAGS = $(AM_CFLAGS) -fsanitize=fuzzer
@@ -23,6 +24,10 @@ EXTRA_DIST += tests/fuzz/run-corpus.sh tests/fuzz/corpus tests/fuzz/README.md \
 tests_fuzz_fuzz_opts_SOURCES = tests/fuzz/fuzz-opts.c $(FUZZ_MAIN)
 tests_fuzz_fuzz_opts_CFLAGS = $(FUZZ_CFLAGS)
 tests_fuzz_fuzz_opts_LDADD = $(FERRY_LIBS)
+
+tests_fuzz_fuzz_qmp_SOURCES = tests/fuzz/fuzz-qmp.c $(FUZZ_MAIN)
+tests_fuzz_fuzz_qmp_CFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_fuzz_qmp_LDADD = $(FERRY_LIBS)
 
 tests_fuzz_fuzz_virtqueue_SOURCES = tests/fuzz/fuzz-virtqueue.c $(FUZZ_MAIN)
 tests_fuzz_fuzz_virtqueue_CFLAGS = $(FUZZ_CFLAGS)
