@@ -19,9 +19,69 @@
 
 static GHashTable *monitor_nodes;  /* node-name -> BlockNode* (a reference) */
 
+typedef struct BlockDevice {
+    char *name;                   /* QEMU's BlockBackend name: "device" */
+    char *qdev;                   /* the guest device's id or path */
+    BlockBackend *blk;            /* not a reference: the owner removes it */
+} BlockDevice;
+
+static GPtrArray *devices;        /* BlockDevice*, in order; main thread */
+
+static BlockDevice *find_device(const char *name)
+{
+    for (guint i = 0; name && devices && i < devices->len; i++) {
+        BlockDevice *d = devices->pdata[i];
+        if (!strcmp(d->name, name)) {
+            return d;
+        }
+    }
+    return NULL;
+}
+
+static void device_free(BlockDevice *d)
+{
+    g_free(d->name);
+    g_free(d->qdev);
+    g_free(d);
+}
+
+void qmp_block_device_add(const char *name, const char *qdev,
+                          BlockBackend *blk)
+{
+    BlockDevice *d = g_new0(BlockDevice, 1);
+
+    g_assert(!find_device(name));
+    if (!devices) {
+        devices = g_ptr_array_new_with_free_func((GDestroyNotify)device_free);
+    }
+    d->name = g_strdup(name);
+    d->qdev = g_strdup(qdev);
+    d->blk = blk;
+    g_ptr_array_add(devices, d);
+}
+
+void qmp_block_device_remove(const char *name)
+{
+    BlockDevice *d = find_device(name);
+
+    if (d) {
+        g_ptr_array_remove(devices, d);
+    }
+}
+
+BlockNode *qmp_lookup_node(const char *name)
+{
+    BlockDevice *d = find_device(name);
+
+    if (d) {
+        return blk_node(d->blk);
+    }
+    return name ? block_node_find(name) : NULL;
+}
+
 BlockNode *qmp_find_node(const char *name, GError **errp)
 {
-    BlockNode *bs = name ? block_node_find(name) : NULL;
+    BlockNode *bs = qmp_lookup_node(name);
 
     if (!bs) {
         g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
@@ -158,10 +218,28 @@ static json_t *cmd_query_named_block_nodes(json_t *args, GError **errp)
     return list;
 }
 
-/* ferry's storage daemon has no named block backends (devices). */
+/*
+ * BlockInfo of each named backend, QEMU 7.2's members for a virtio-blk
+ * disk: not removable, so no tray; io-status because the device reports
+ * errors to the guest (ferry never stops a VM on one: always "ok").
+ */
 static json_t *cmd_query_block(json_t *args, GError **errp)
 {
-    return json_array();
+    json_t *list = json_array();
+
+    for (guint i = 0; devices && i < devices->len; i++) {
+        BlockDevice *d = devices->pdata[i];
+        BlockNode *bs = blk_node(d->blk);
+        json_t *o = json_pack("{s:s,s:s,s:s,s:b,s:b,s:s}", "device", d->name,
+                              "qdev", d->qdev, "type", "unknown",
+                              "removable", 0, "locked", 0,
+                              "io-status", "ok");
+        if (bs) {
+            json_object_set_new(o, "inserted", node_info(bs, false));
+        }
+        json_array_append_new(list, o);
+    }
+    return list;
 }
 
 static json_t *cmd_blockdev_add(json_t *args, GError **errp)
@@ -237,8 +315,10 @@ static json_t *cmd_block_resize(json_t *args, GError **errp)
     BlockNode *bs;
     bool ok;
 
-    /* QEMU's lookup: a device (none here) or else a node name. */
-    bs = device ? NULL : node ? block_node_find(node) : NULL;
+    /* QEMU's lookup: a device, or else a node name. */
+    bs = device ? (find_device(device) ? blk_node(find_device(device)->blk)
+                                       : NULL)
+                : node ? block_node_find(node) : NULL;
     if (!bs) {
         g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
                     "Cannot find device='%s' nor node-name='%s'",

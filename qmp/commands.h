@@ -6,6 +6,8 @@
 #ifndef FERRY_QMP_COMMANDS_H
 #define FERRY_QMP_COMMANDS_H
 
+#include "blockdev/backend.h"
+
 /* block-cmds.c: blockdev-add/del, query-named-block-nodes, query-block,
  * block_resize */
 void qmp_register_block_commands(void);
@@ -18,6 +20,17 @@ void qmp_register_job_commands(void);
 
 /* transaction.c: transaction (abort, block-dirty-bitmap-*, blockdev-backup) */
 void qmp_register_transaction_command(void);
+
+/*
+ * Named block backends ("devices"), as a VM's drives are: query-block
+ * lists them, and a device or node argument of every block command finds
+ * them before node names, as QEMU's lookup does (the node is the backend's
+ * root at the time, so it follows a mirror's pivot).  qdev is the guest
+ * device's id or path.  The caller keeps blk alive until it removes it.
+ */
+void qmp_block_device_add(const char *name, const char *qdev,
+                          BlockBackend *blk);
+void qmp_block_device_remove(const char *name);
 
 /* Close what the commands opened (nodes added by blockdev-add, jobs). */
 void qmp_block_commands_shutdown(void);

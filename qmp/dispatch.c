@@ -335,10 +335,18 @@ bool qmp_arg_has(json_t *args, const char *name)
 /* -- core commands ---------------------------------------------------------- */
 
 static GMainLoop *quit_loop;
+static QmpQuitFn quit_fn;
+static void *quit_opaque;
 
 void qmp_server_set_quit_loop(GMainLoop *loop)
 {
     quit_loop = loop;
+}
+
+void qmp_set_quit_handler(QmpQuitFn fn, void *opaque)
+{
+    quit_fn = fn;
+    quit_opaque = opaque;
 }
 
 static json_t *cmd_qmp_capabilities(json_t *args, GError **errp)
@@ -382,7 +390,9 @@ static json_t *cmd_query_commands(json_t *args, GError **errp)
 
 static json_t *cmd_quit(json_t *args, GError **errp)
 {
-    if (quit_loop) {
+    if (quit_fn) {
+        quit_fn(quit_opaque);
+    } else if (quit_loop) {
         g_main_loop_quit(quit_loop);
     }
     return json_object();
@@ -394,10 +404,7 @@ static json_t *cmd_quit(json_t *args, GError **errp)
  * Events ferry emits, with their members in the same notation as a
  * command's (query-qmp-schema lists them).
  */
-static const struct {
-    const char *name;
-    const char *args;
-} events[] = {
+static const QmpEventSpec job_events[] = {
     { "JOB_STATUS_CHANGE", "id:str status:str" },
     { "BLOCK_JOB_COMPLETED", "type:str device:str len:int offset:int "
       "speed:int error:str?" },
@@ -408,6 +415,16 @@ static const struct {
     { "BLOCK_JOB_PENDING", "type:str id:str" },
     { "BLOCK_EXPORT_DELETED", "id:str" },
 };
+
+static GArray *more_events;   /* QmpEventSpec; main thread only */
+
+void qmp_register_events(const QmpEventSpec *events, size_t n)
+{
+    if (!more_events) {
+        more_events = g_array_new(FALSE, FALSE, sizeof(QmpEventSpec));
+    }
+    g_array_append_vals(more_events, events, n);
+}
 
 /* The schema name of an argument type: QEMU's builtin names. */
 static const char *schema_type(ArgType t)
@@ -456,6 +473,21 @@ static const char *schema_object(json_t *schema, GHashTable *seen,
     return name;
 }
 
+static void schema_event(json_t *schema, GHashTable *seen,
+                         const QmpEventSpec *ev, unsigned *next)
+{
+    GArray *a = parse_spec(ev->args);
+    const char *arg_type = schema_object(schema, seen, a, next);
+
+    json_array_append_new(schema, json_pack(
+        "{s:s,s:s,s:s}", "name", ev->name, "meta-type", "event",
+        "arg-type", arg_type));
+    for (guint k = 0; k < a->len; k++) {
+        g_free(g_array_index(a, ArgSpec, k).name);
+    }
+    g_array_free(a, TRUE);
+}
+
 static json_t *cmd_query_qmp_schema(json_t *args, GError **errp)
 {
     g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash,
@@ -474,16 +506,12 @@ static json_t *cmd_query_qmp_schema(json_t *args, GError **errp)
             "{s:s,s:s,s:s,s:s}", "name", c->cmd.name, "meta-type", "command",
             "arg-type", arg_type, "ret-type", "any"));
     }
-    for (size_t i = 0; i < G_N_ELEMENTS(events); i++) {
-        GArray *a = parse_spec(events[i].args);
-        const char *arg_type = schema_object(schema, seen, a, &next);
-        json_array_append_new(schema, json_pack(
-            "{s:s,s:s,s:s}", "name", events[i].name, "meta-type", "event",
-            "arg-type", arg_type));
-        for (guint k = 0; k < a->len; k++) {
-            g_free(g_array_index(a, ArgSpec, k).name);
-        }
-        g_array_free(a, TRUE);
+    for (size_t i = 0; i < G_N_ELEMENTS(job_events); i++) {
+        schema_event(schema, seen, &job_events[i], &next);
+    }
+    for (guint i = 0; more_events && i < more_events->len; i++) {
+        schema_event(schema, seen, &g_array_index(more_events, QmpEventSpec, i),
+                     &next);
     }
     json_array_append_new(schema, json_pack("{s:s,s:s,s:s}", "name", "str",
                                             "meta-type", "builtin",

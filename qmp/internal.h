@@ -11,8 +11,10 @@
 #include "qmp/qmp.h"
 
 /* block-cmds.c */
-/* A node by node-name (QEMU also accepts a device name; ferry has none
- * outside ferry run).  GenericError naming both, as QEMU. */
+/* A node by device name (a registered backend's root) or node-name, in
+ * that order as QEMU; NULL if neither. */
+BlockNode *qmp_lookup_node(const char *name);
+/* The same, with QEMU's GenericError naming both. */
 BlockNode *qmp_find_node(const char *name, GError **errp);
 /* BlockDirtyInfo list of a node, or NULL if it has no bitmaps. */
 json_t *qmp_bitmaps_info(BlockNode *bs);

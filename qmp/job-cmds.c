@@ -1,6 +1,6 @@
 /*
  * Block job commands: block-stream, block-commit, blockdev-mirror,
- * drive-mirror, blockdev-backup, the job-* and block-job-* verbs,
+ * drive-mirror, blockdev-backup, drive-backup, the job-* and block-job-* verbs,
  * query-jobs and query-block-jobs (specs/qmp-block-jobs.md 2 and 3).
  * Arguments are mapped onto blockdev/jobs.h; job events go to QMP.
  */
@@ -203,24 +203,20 @@ static json_t *cmd_blockdev_mirror(json_t *args, GError **errp)
            ? json_object() : NULL;
 }
 
-static json_t *cmd_drive_mirror(json_t *args, GError **errp)
+/*
+ * drive-mirror's and drive-backup's target: created (mode absolute-paths,
+ * the default) with src's size and the given backing file, then opened
+ * read-write; mode existing opens what is there.
+ */
+static BlockNode *open_new_target(json_t *args, BlockNode *src,
+                                  BlockNode *backing, GError **errp)
 {
-    const char *device = qmp_arg_str(args, "device");
     const char *target = qmp_arg_str(args, "target");
     const char *mode = qmp_arg_str(args, "mode");
     const char *node_name = qmp_arg_str(args, "node-name");
-    BlockNode *src = qmp_find_node(device, errp), *dst, *backing;
+    const char *fmt = qmp_arg_str(args, "format");
     g_autoptr(json_t) extra = json_object();
-    const char *fmt;
-    BlockSyncMode sync;
-    BlockJobCommon c;
-    BlockJob *job;
 
-    if (!src || !parse_common(args, device, &c, errp) ||
-        !mirror_checks(args, &sync, errp)) {
-        return NULL;
-    }
-    fmt = qmp_arg_str(args, "format");
     if (!fmt) {
         fmt = block_node_format(src);
     }
@@ -229,8 +225,6 @@ static json_t *cmd_drive_mirror(json_t *args, GError **errp)
                     "Parameter 'mode' does not accept value '%s'", mode);
         return NULL;
     }
-    backing = sync == BLOCK_SYNC_NONE ? src
-            : sync == BLOCK_SYNC_TOP ? block_node_backing(src) : NULL;
     if (!mode || !strcmp(mode, "absolute-paths")) {
         g_autoptr(json_t) opts = json_object();
         int64_t len = block_node_getlength(src);
@@ -248,8 +242,25 @@ static json_t *cmd_drive_mirror(json_t *args, GError **errp)
     if (node_name) {
         json_object_set_new(extra, "node-name", json_string(node_name));
     }
-    dst = block_node_open(target, fmt, extra, BLOCK_O_RDWR, 0, BLOCK_PERM_ALL,
-                          errp);
+    return block_node_open(target, fmt, extra, BLOCK_O_RDWR, 0, BLOCK_PERM_ALL,
+                           errp);
+}
+
+static json_t *cmd_drive_mirror(json_t *args, GError **errp)
+{
+    const char *device = qmp_arg_str(args, "device");
+    BlockNode *src = qmp_find_node(device, errp), *dst, *backing;
+    BlockSyncMode sync;
+    BlockJobCommon c;
+    BlockJob *job;
+
+    if (!src || !parse_common(args, device, &c, errp) ||
+        !mirror_checks(args, &sync, errp)) {
+        return NULL;
+    }
+    backing = sync == BLOCK_SYNC_NONE ? src
+            : sync == BLOCK_SYNC_TOP ? block_node_backing(src) : NULL;
+    dst = open_new_target(args, src, backing, errp);
     if (!dst) {
         return NULL;
     }
@@ -260,44 +271,93 @@ static json_t *cmd_drive_mirror(json_t *args, GError **errp)
     return job ? json_object() : NULL;
 }
 
-static json_t *cmd_blockdev_backup(json_t *args, GError **errp)
+/* Backup's checks of sync, bitmap and bitmap-mode, shared by both forms. */
+static bool backup_checks(json_t *args, BlockSyncMode *sync,
+                          BlockBitmapSyncMode *bmode, GError **errp)
 {
-    const char *device = qmp_arg_str(args, "device");
-    BlockNode *src = qmp_find_node(device, errp), *dst;
     const char *bitmap = qmp_arg_str(args, "bitmap");
     const char *bm = qmp_arg_str(args, "bitmap-mode");
-    BlockBitmapSyncMode bmode = BLOCK_BITMAP_SYNC_ON_SUCCESS;
-    BlockSyncMode sync;
-    BlockJobCommon c;
 
-    if (!src || !parse_common(args, device, &c, errp) ||
-        !block_parse_sync_mode(qmp_arg_str(args, "sync"), &sync, errp)) {
-        return NULL;
+    *bmode = BLOCK_BITMAP_SYNC_ON_SUCCESS;
+    if (!block_parse_sync_mode(qmp_arg_str(args, "sync"), sync, errp)) {
+        return false;
     }
-    if (bm && !block_parse_bitmap_sync_mode(bm, &bmode, errp)) {
-        return NULL;
+    if (bm && !block_parse_bitmap_sync_mode(bm, bmode, errp)) {
+        return false;
     }
-    if (sync == BLOCK_SYNC_BITMAP && !bm) {
+    if (*sync == BLOCK_SYNC_BITMAP && !bm) {
         g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
                     "Bitmap sync mode must be given when providing a bitmap");
-        return NULL;
+        return false;
     }
-    if (bitmap && sync == BLOCK_SYNC_NONE) {
+    if (bitmap && *sync == BLOCK_SYNC_NONE) {
         g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
                     "a bitmap cannot be used with sync mode 'none'");
-        return NULL;
+        return false;
     }
     if (qmp_arg_bool(args, "compress", false)) {
         g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
                     "compressed backup is not supported by ferry yet");
+        return false;
+    }
+    return true;
+}
+
+/*
+ * drive-backup: blockdev-backup into an image it creates first (QEMU
+ * deprecates it in favour of blockdev-add + blockdev-backup, but scripts
+ * and the transaction-less tools still use it).  As QEMU: sync=top backs
+ * the new image by the source's backing file, sync=none by the source.
+ */
+static json_t *cmd_drive_backup(json_t *args, GError **errp)
+{
+    const char *device = qmp_arg_str(args, "device");
+    BlockNode *src = qmp_find_node(device, errp), *dst, *backing = NULL;
+    BlockBitmapSyncMode bmode;
+    BlockSyncMode sync;
+    BlockJobCommon c;
+    BlockJob *job;
+
+    if (!src || !parse_common(args, device, &c, errp) ||
+        !backup_checks(args, &sync, &bmode, errp)) {
+        return NULL;
+    }
+    if (sync == BLOCK_SYNC_TOP) {
+        backing = block_node_backing(src);
+        if (!backing) {
+            sync = BLOCK_SYNC_FULL;
+        }
+    } else if (sync == BLOCK_SYNC_NONE) {
+        backing = src;
+    }
+    dst = open_new_target(args, src, backing, errp);
+    if (!dst) {
+        return NULL;
+    }
+    job = block_backup_start(&c, src, dst, sync, qmp_arg_str(args, "bitmap"),
+                             bmode, errp);
+    block_node_unref(dst);
+    return job ? json_object() : NULL;
+}
+
+static json_t *cmd_blockdev_backup(json_t *args, GError **errp)
+{
+    const char *device = qmp_arg_str(args, "device");
+    BlockNode *src = qmp_find_node(device, errp), *dst;
+    BlockBitmapSyncMode bmode;
+    BlockSyncMode sync;
+    BlockJobCommon c;
+
+    if (!src || !parse_common(args, device, &c, errp) ||
+        !backup_checks(args, &sync, &bmode, errp)) {
         return NULL;
     }
     dst = qmp_find_node(qmp_arg_str(args, "target"), errp);
     if (!dst) {
         return NULL;
     }
-    return block_backup_start(&c, src, dst, sync, bitmap, bmode, errp)
-           ? json_object() : NULL;
+    return block_backup_start(&c, src, dst, sync, qmp_arg_str(args, "bitmap"),
+                              bmode, errp) ? json_object() : NULL;
 }
 
 /* -- verbs ------------------------------------------------------------------ */
@@ -384,6 +444,10 @@ void qmp_register_job_commands(void)
           "bitmap:str? bitmap-mode:str? compress:bool? on-source-error:str? "
           "on-target-error:str? on-cbw-error:str? discard-source:bool? "
           "x-perf:object?", cmd_blockdev_backup },
+        { "drive-backup", COMMON_ARGS "device:str target:str format:str? "
+          "mode:str? sync:str bitmap:str? bitmap-mode:str? compress:bool? "
+          "on-source-error:str? on-target-error:str? x-perf:object?",
+          cmd_drive_backup },
         { "job-pause", "id:str", cmd_job_pause },
         { "job-resume", "id:str", cmd_job_resume },
         { "job-cancel", "id:str", cmd_job_cancel },

@@ -129,6 +129,18 @@ void qmp_stream_destroy(QmpStream *st);
  */
 void qmp_event_emit(const char *name, json_t *data);
 
+/*
+ * Events a layer emits, for query-qmp-schema: data members in a command's
+ * notation ("guest:bool reason:str"; "" for none).  The job events are
+ * built in; a layer registers its own with one call, as for commands.
+ */
+typedef struct QmpEventSpec {
+    const char *name;
+    const char *args;
+} QmpEventSpec;
+
+void qmp_register_events(const QmpEventSpec *events, size_t n);
+
 typedef void (*QmpEventSink)(const char *line, void *opaque);
 /* The server subscribes each client; line is the event's JSON text. */
 void qmp_event_subscribe(QmpEventSink fn, void *opaque);
@@ -147,5 +159,13 @@ bool qmp_server_listen(QmpServer *srv, const char *spec, GError **errp);
 void qmp_server_free(QmpServer *srv);
 /* Main loop to quit on the quit command (NULL: none). */
 void qmp_server_set_quit_loop(GMainLoop *loop);
+/*
+ * What quit does instead of quitting that loop, for programs that shut
+ * down through a path of their own (a VM: SHUTDOWN event, vCPUs joined).
+ * fn runs inside the command; it should only post the request, so the
+ * reply goes out before whatever the shutdown emits.  NULL: the loop.
+ */
+typedef void (*QmpQuitFn)(void *opaque);
+void qmp_set_quit_handler(QmpQuitFn fn, void *opaque);
 
 #endif

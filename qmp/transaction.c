@@ -40,7 +40,7 @@ static void undo_free(Undo *u)
 static Undo *save_bitmap(const char *node, const char *name)
 {
     Undo *u = g_new0(Undo, 1);
-    BlockNode *bs = block_node_find(node);
+    BlockNode *bs = qmp_lookup_node(node);
     BlockDirtyBitmap *bm = bs && name ? block_dirty_bitmap_find(bs, name)
                                       : NULL;
 
@@ -59,7 +59,7 @@ static Undo *save_bitmap(const char *node, const char *name)
 
 static void undo(Undo *u)
 {
-    BlockNode *bs = block_node_find(u->node);
+    BlockNode *bs = qmp_lookup_node(u->node);
     BlockDirtyBitmap *bm;
 
     if (u->job_id) {
@@ -134,7 +134,7 @@ static json_t *cmd_transaction(json_t *args, GError **errp)
     json_array_foreach(actions, i, a) {
         const char *node = action_node(json_string_value(
             json_object_get(a, "type")), json_object_get(a, "data"));
-        BlockNode *bs = node ? block_node_find(node) : NULL;
+        BlockNode *bs = node ? qmp_lookup_node(node) : NULL;
         if (bs) {
             g_ptr_array_add(held, block_node_quiesce_users(bs, NULL));
         }

@@ -2,6 +2,8 @@
  * The QMP input path without sockets: the stream splitter fed in pieces
  * (byte by byte, many texts in one read), its limits and recovery, and the
  * dispatcher's envelope and argument checks on a command of the test's own.
+ * Also the table of named backends (a VM's drives) the block commands
+ * look devices up in, and the hooks a VM sets: quit and its events.
  */
 #include "config.h"
 
@@ -9,6 +11,8 @@
 
 #include <glib.h>
 
+#include "blockdev/backend.h"
+#include "qmp/commands.h"
 #include "qmp/qmp.h"
 
 typedef struct Got {
@@ -174,6 +178,124 @@ static void test_dispatch_checks_arguments(void)
     json_decref(r);
 }
 
+static json_t *call(const char *name, const char *args_json, GError **errp)
+{
+    g_autoptr(json_t) args = json_loads(args_json, 0, NULL);
+
+    g_assert_nonnull(args);
+    return qmp_call(name, args, errp);
+}
+
+static BlockBackend *null_blk(const char *node_name)
+{
+    g_autofree char *spec = g_strdup_printf(
+        "json:{\"driver\":\"null-co\",\"size\":1048576,"
+        "\"node-name\":\"%s\"}", node_name);
+    GError *err = NULL;
+    BlockBackend *blk = blk_open(spec, NULL, NULL, BLOCK_O_RDWR, &err);
+
+    g_assert_no_error(err);
+    return blk;
+}
+
+/*
+ *   device "d0" --blk--> [null-co n0]      then, after a replace:
+ *   device "d0" --blk--> [null-co n1]
+ * query-block follows the backend; a device name works where a node is
+ * asked for, before node names.
+ */
+static void test_devices_lookup_and_query_block(void)
+{
+    BlockBackend *blk = null_blk("n0");
+    g_autoptr(BlockBackend) other = null_blk("n1");
+    BlockNode *n0 = blk_node(blk), *n1 = blk_node(other);
+    GPtrArray *held;
+    GError *err = NULL;
+    json_t *r, *b;
+
+    qmp_block_device_add("d0", "/machine/peripheral-anon/device[0]/"
+                         "virtio-backend", blk);
+    r = call("query-block", "{}", &err);
+    g_assert_no_error(err);
+    g_assert_cmpint(json_array_size(r), ==, 1);
+    b = json_array_get(r, 0);
+    g_assert_cmpstr(json_string_value(json_object_get(b, "device")), ==, "d0");
+    g_assert_cmpstr(json_string_value(json_object_get(b, "qdev")), ==,
+                    "/machine/peripheral-anon/device[0]/virtio-backend");
+    g_assert_cmpstr(json_string_value(json_object_get(
+        json_object_get(b, "inserted"), "node-name")), ==, "n0");
+    json_decref(r);
+
+    r = call("block-dirty-bitmap-add", "{\"node\": \"d0\", \"name\": \"b\"}",
+             &err);
+    g_assert_no_error(err);
+    json_decref(r);
+    g_assert_nonnull(n0->bitmaps);
+    g_assert_null(call("block-dirty-bitmap-add",
+                       "{\"node\": \"d9\", \"name\": \"b\"}", &err));
+    g_assert_cmpstr(err->message, ==,
+                    "Cannot find device='d9' nor node-name='d9'");
+    g_clear_error(&err);
+    r = call("block-dirty-bitmap-remove", "{\"node\": \"d0\", \"name\": \"b\"}",
+             &err);
+    g_assert_no_error(err);
+    json_decref(r);
+
+    /* what a mirror's pivot does: the device follows its backend */
+    block_node_ref(n1);
+    blk_unref(g_steal_pointer(&other));
+    held = block_node_quiesce_users(n0, NULL);
+    g_assert_true(block_node_replace(n0, n1, NULL, &err));
+    block_users_unquiesce(held);
+    g_assert_true(blk_node(blk) == n1);
+    r = call("query-block", "{}", &err);
+    g_assert_cmpstr(json_string_value(json_object_get(json_object_get(
+        json_array_get(r, 0), "inserted"), "node-name")), ==, "n1");
+    json_decref(r);
+
+    qmp_block_device_remove("d0");
+    r = call("query-block", "{}", &err);
+    g_assert_cmpint(json_array_size(r), ==, 0);
+    json_decref(r);
+    blk_unref(blk);
+    block_node_unref(n1);
+}
+
+static void count_quit(void *opaque)
+{
+    (*(int *)opaque)++;
+}
+
+static void test_quit_handler_and_registered_events(void)
+{
+    static const QmpEventSpec events[] = {
+        { "X_RESET", "guest:bool reason:str" },
+    };
+    GError *err = NULL;
+    int quits = 0;
+    bool found = false;
+    json_t *r, *e;
+    size_t i;
+
+    qmp_set_quit_handler(count_quit, &quits);
+    json_decref(call("quit", "{}", &err));
+    g_assert_no_error(err);
+    g_assert_cmpint(quits, ==, 1);
+    qmp_set_quit_handler(NULL, NULL);
+
+    qmp_register_events(events, G_N_ELEMENTS(events));
+    r = call("query-qmp-schema", "{}", &err);
+    json_array_foreach(r, i, e) {
+        if (!g_strcmp0(json_string_value(json_object_get(e, "name")),
+                       "X_RESET")) {
+            found = !g_strcmp0(json_string_value(json_object_get(
+                e, "meta-type")), "event");
+        }
+    }
+    g_assert_true(found);
+    json_decref(r);
+}
+
 int main(int argc, char **argv)
 {
     static const QmpCommand cmds[] = {
@@ -182,6 +304,8 @@ int main(int argc, char **argv)
 
     g_test_init(&argc, &argv, NULL);
     qmp_register_core_commands();
+    qmp_register_block_commands();
+    qmp_register_bitmap_commands();
     qmp_register_commands(cmds, G_N_ELEMENTS(cmds));
     g_test_add_func("/qmp/stream/byte-by-byte-and-batched",
                     test_stream_byte_by_byte_and_batched);
@@ -189,5 +313,9 @@ int main(int argc, char **argv)
                     test_stream_limits_and_recovery);
     g_test_add_func("/qmp/dispatch/checks-arguments",
                     test_dispatch_checks_arguments);
+    g_test_add_func("/qmp/devices/lookup-and-query-block",
+                    test_devices_lookup_and_query_block);
+    g_test_add_func("/qmp/dispatch/quit-handler-and-events",
+                    test_quit_handler_and_registered_events);
     return g_test_run();
 }
