@@ -3,5 +3,6 @@ libferry_a_SOURCES += \
 	vmm/boot.c vmm/boot.h \
 	vmm/chardev.c vmm/chardev.h \
 	vmm/config.c \
-	vmm/machine.c vmm/machine.h \
+	vmm/machine.c vmm/machine.h vmm/internal.h \
+	vmm/qmp-cmds.c \
 	$(NULL)

@@ -1,8 +1,10 @@
 /*
  * The machine: RAM, platform devices, vCPU threads and the life cycle
- * described in vmm/machine.h.  The main thread runs a glib main loop
- * (serial input, signals, QMP) and makes every state transition; vCPU
- * threads run the accelerator and park when the main thread holds them.
+ * described in vmm/machine.h, with QEMU's events for each transition
+ * (STOP, RESUME, RESET, POWERDOWN, SHUTDOWN; qapi/run-state.json).  The
+ * main thread runs a glib main loop (serial input, signals, QMP) and makes
+ * every state transition; vCPU threads run the accelerator and park when
+ * the main thread holds them.
  */
 #include "config.h"
 
@@ -10,72 +12,19 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <glib-unix.h>
 
-#include "blockdev/backend.h"
 #include "common/error.h"
 #include "common/log.h"
-#include "cpu/vcpu.h"
-#include "devices/pci.h"
-#include "devices/serial.h"
-#include "devices/virtio-blk.h"
-#include "devices/virtio-pci.h"
-#include "devices/virtio-rng.h"
-#include "vmm/chardev.h"
-#include "vmm/machine.h"
+#include "qmp/commands.h"
+#include "qmp/qmp.h"
+#include "vmm/internal.h"
 
 #define LOW_RAM_MAX   0xc0000000ull      /* the PCI hole starts here */
 #define HIGH_RAM_BASE (4ull << 30)
-
-typedef struct MachineDrive {
-    VmmDriveConf *conf;
-    BlockBackend *blk;
-    VirtioBlk *dev;
-    VirtioPci *pci;
-} MachineDrive;
-
-struct Machine {
-    VmmConfig cfg;
-    const AccelOps *ops;
-    Accel *accel;
-    int nr_vcpus;
-    Vcpu **vcpus;
-    GThread **threads;
-
-    int memfd;
-    uint8_t *ram;
-    uint64_t ram_bytes, low_bytes, high_bytes;
-
-    DevBus bus;
-    PciBus *pci;
-    Serial *serial;
-    Chardev *chr;
-    GPtrArray *drives;                 /* MachineDrive* */
-    VirtioRng *rng;
-    VirtioPci *rng_pci;
-    IoRegion pm_region;                /* 0x600: sleep control (S5) */
-    IoRegion kbd_region;               /* 0x64: i8042 command (reset) */
-
-    X86CpuState boot_state;
-    BootInfo boot_info;
-
-    GMutex lock;                       /* everything below */
-    GCond cond;
-    int hold;                          /* >0: vCPUs must park */
-    int parked;                        /* vCPUs parked now */
-    bool user_paused;                  /* QMP stop */
-    bool quit;                         /* vCPU threads exit */
-    VmmRequest pending;                /* being handled by the main thread */
-    char *pending_msg;
-    VmmRequest deferred;               /* arrived while pending was busy */
-    char *deferred_msg;
-    int exit_code;
-
-    GMainLoop *loop;
-    guint sig_int, sig_term;
-};
 
 /* -- wiring: accelerator <-> bus ----------------------------------------- */
 
@@ -158,6 +107,52 @@ static void kbd_write(void *opaque, uint64_t off, uint64_t val, unsigned size)
 
 static const IoOps kbd_ops = { .read = kbd_read, .write = kbd_write };
 
+/*
+ * The power button's event register: a read returns the pending events in
+ * its window and clears those; the line stays high while any is pending,
+ * so a guest that polls and one that takes the interrupt both see it.
+ */
+static uint64_t ged_read(void *opaque, uint64_t off, unsigned size)
+{
+    Machine *m = opaque;
+    uint32_t window = (size >= 4 ? 0xffffffffu : (1u << (size * 8)) - 1)
+                      << (off * 8);
+    uint32_t v;
+
+    g_mutex_lock(&m->ged_lock);
+    v = m->ged_pending & window;
+    m->ged_pending &= ~window;
+    if (v && !m->ged_pending) {
+        dev_bus_set_irq(&m->bus, VMM_GED_GSI, false);
+    }
+    g_mutex_unlock(&m->ged_lock);
+    return v >> (off * 8);
+}
+
+static void ged_write(void *opaque, uint64_t off, uint64_t val, unsigned size)
+{
+}
+
+static const IoOps ged_ops = { .read = ged_read, .write = ged_write };
+
+static void ged_raise(Machine *m, uint32_t events)
+{
+    g_mutex_lock(&m->ged_lock);
+    m->ged_pending |= events;
+    dev_bus_set_irq(&m->bus, VMM_GED_GSI, true);
+    g_mutex_unlock(&m->ged_lock);
+}
+
+static void ged_reset(Machine *m)
+{
+    g_mutex_lock(&m->ged_lock);
+    if (m->ged_pending) {
+        m->ged_pending = 0;
+        dev_bus_set_irq(&m->bus, VMM_GED_GSI, false);
+    }
+    g_mutex_unlock(&m->ged_lock);
+}
+
 static void rcr_write(void *opaque, uint8_t v)
 {
     if (v & 0x04) {
@@ -188,6 +183,10 @@ static gpointer vcpu_thread(gpointer opaque)
     Machine *m = t->m;
     bool wait_request = false;   /* we posted a request: let it be handled */
 
+    g_mutex_lock(&m->lock);
+    m->tids[t->v->index] = (int)syscall(SYS_gettid);
+    g_cond_broadcast(&m->cond);
+    g_mutex_unlock(&m->lock);
     for (;;) {
         GError *err = NULL;
         VcpuExit e;
@@ -264,25 +263,90 @@ static void release_all(Machine *m)
     g_mutex_unlock(&m->lock);
 }
 
-void vmm_machine_stop(Machine *m)
+/* -- run states and events ------------------------------------------------ */
+
+const char *vmm_run_state_name(VmmRunState st)
 {
-    if (!m->user_paused) {
-        hold_all(m);
-        m->user_paused = true;
+    switch (st) {
+    case VMM_RUN_PRELAUNCH: return "prelaunch";
+    case VMM_RUN_RUNNING: return "running";
+    case VMM_RUN_PAUSED: return "paused";
+    case VMM_RUN_SHUTDOWN: return "shutdown";
+    case VMM_RUN_INTERNAL_ERROR: return "internal-error";
     }
+    return "debug";
 }
 
-void vmm_machine_cont(Machine *m)
+/* The vCPUs run exactly in state running: one hold covers every other. */
+static void set_state(Machine *m, VmmRunState st)
 {
-    if (m->user_paused) {
-        m->user_paused = false;
+    bool was = m->state == VMM_RUN_RUNNING, now = st == VMM_RUN_RUNNING;
+
+    if (was && !now) {
+        hold_all(m);
+    } else if (!was && now) {
         release_all(m);
     }
+    FERRY_TRACE_POINT(VMM, "vmm state %s -> %s", vmm_run_state_name(m->state),
+                      vmm_run_state_name(st));
+    m->state = st;
 }
 
-bool vmm_machine_running(Machine *m)
+/* RESET and SHUTDOWN carry who asked and QEMU's ShutdownCause name. */
+static void emit_cause(const char *event, bool guest, const char *reason)
 {
-    return !m->user_paused;
+    qmp_event_emit(event, json_pack("{s:b,s:s}", "guest", guest, "reason",
+                                    reason));
+}
+
+static void flush_drives(Machine *m)
+{
+    for (guint i = 0; i < m->drives->len; i++) {
+        MachineDrive *d = g_ptr_array_index(m->drives, i);
+        blk_flush(d->blk);
+    }
+}
+
+VmmRunState vmm_machine_run_state(Machine *m)
+{
+    return m->state;
+}
+
+/*
+ * As QEMU's vm_stop: STOP only if it was running; the disks are flushed
+ * either way (so a stop after a pivot makes the new image whole on disk).
+ */
+void vmm_machine_stop(Machine *m)
+{
+    if (m->state == VMM_RUN_RUNNING) {
+        set_state(m, VMM_RUN_PAUSED);
+        qmp_event_emit("STOP", NULL);
+    }
+    flush_drives(m);
+}
+
+bool vmm_machine_cont(Machine *m, GError **errp)
+{
+    switch (m->state) {
+    case VMM_RUN_RUNNING:
+        return true;
+    case VMM_RUN_SHUTDOWN:
+    case VMM_RUN_INTERNAL_ERROR:
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Resetting the Virtual Machine is required");
+        return false;
+    default:
+        set_state(m, VMM_RUN_RUNNING);
+        qmp_event_emit("RESUME", NULL);
+        return true;
+    }
+}
+
+void vmm_machine_powerdown(Machine *m)
+{
+    ferry_info("power button pressed");
+    qmp_event_emit("POWERDOWN", NULL);
+    ged_raise(m, VMM_GED_POWER_BUTTON);
 }
 
 /* -- booting and resetting ------------------------------------------------ */
@@ -330,6 +394,7 @@ static void machine_reset(Machine *m, const char *why)
 
     ferry_info("machine reset (%s)", why ? why : "requested");
     hold_all(m);
+    ged_reset(m);
     for (guint i = 0; i < m->drives->len; i++) {
         MachineDrive *d = g_ptr_array_index(m->drives, i);
         virtio_pci_reset(d->pci);
@@ -363,6 +428,47 @@ static void machine_shutdown(Machine *m, int code)
     g_main_loop_quit(m->loop);
 }
 
+/*
+ * The guest or QMP shut the machine down: SHUTDOWN, then exit with code,
+ * or with --no-shutdown stay in state shutdown (STOP if it was running).
+ */
+static void shutdown_or_stay(Machine *m, bool guest, const char *reason,
+                             int code)
+{
+    emit_cause("SHUTDOWN", guest, reason);
+    if (!m->cfg.no_shutdown) {
+        machine_shutdown(m, code);
+        return;
+    }
+    ferry_info("guest shut down (%s): staying (--no-shutdown)", reason);
+    if (m->state == VMM_RUN_RUNNING) {
+        set_state(m, VMM_RUN_SHUTDOWN);
+        qmp_event_emit("STOP", NULL);
+    } else {
+        m->state = VMM_RUN_SHUTDOWN;
+    }
+    flush_drives(m);
+}
+
+/* A reset from the guest or system_reset; --no-reboot makes it a shutdown. */
+static void reset_request(Machine *m, bool guest, const char *reason,
+                          const char *msg)
+{
+    if (m->cfg.no_reboot) {
+        ferry_info("%s (%s): exiting (--no-reboot)",
+                   guest ? "guest reset" : "system_reset", msg ? msg : reason);
+        shutdown_or_stay(m, guest, reason, VMM_EXIT_RESET);
+        return;
+    }
+    machine_reset(m, msg ? msg : reason);
+    if (!m->quit) {
+        emit_cause("RESET", guest, reason);
+        if (m->state != VMM_RUN_RUNNING) {
+            m->state = VMM_RUN_PRELAUNCH;     /* held until cont */
+        }
+    }
+}
+
 static gboolean handle_request(gpointer opaque)
 {
     Machine *m = opaque;
@@ -379,25 +485,35 @@ static gboolean handle_request(gpointer opaque)
     case VMM_REQ_NONE:
         break;
     case VMM_REQ_RESET:
-        if (m->cfg.no_reboot) {
-            ferry_info("guest reset (%s): exiting (--no-reboot)",
-                       msg ? msg : "requested");
-            machine_shutdown(m, VMM_EXIT_RESET);
-        } else {
-            machine_reset(m, msg);
-        }
+        reset_request(m, true, "guest-reset", msg);
+        break;
+    case VMM_REQ_SYSTEM_RESET:
+        reset_request(m, false, "host-qmp-system-reset", NULL);
         break;
     case VMM_REQ_POWEROFF:
+        shutdown_or_stay(m, true, "guest-shutdown", VMM_EXIT_POWEROFF);
+        break;
     case VMM_REQ_QUIT:
+        emit_cause("SHUTDOWN", false, "host-qmp-quit");
         machine_shutdown(m, VMM_EXIT_POWEROFF);
         break;
     case VMM_REQ_ERROR:
         ferry_error_report("%s", msg ? msg : "guest error");
-        machine_shutdown(m, VMM_EXIT_GUEST_ERROR);
+        if (m->cfg.no_shutdown) {
+            /* QEMU's internal-error: stopped for inspection, STOP only */
+            if (m->state == VMM_RUN_RUNNING) {
+                set_state(m, VMM_RUN_INTERNAL_ERROR);
+                qmp_event_emit("STOP", NULL);
+            } else {
+                m->state = VMM_RUN_INTERNAL_ERROR;
+            }
+        } else {
+            machine_shutdown(m, VMM_EXIT_GUEST_ERROR);
+        }
         break;
     case VMM_REQ_SIGNAL:
         ferry_info("terminating on signal");
-        machine_shutdown(m, VMM_EXIT_SIGNAL);
+        shutdown_or_stay(m, false, "host-signal", VMM_EXIT_SIGNAL);
         break;
     }
     g_mutex_lock(&m->lock);
@@ -493,6 +609,16 @@ static bool add_drive(Machine *m, VmmDriveConf *dc, int index, GError **errp)
     if (!dc->id) {
         dc->id = g_strdup_printf("disk%d", index);
     }
+    for (guint i = 0; i < m->drives->len; i++) {
+        MachineDrive *o = g_ptr_array_index(m->drives, i);
+        if (!strcmp(o->conf->id, dc->id)) {
+            ferry_error_set(errp, FERRY_ERROR_INVALID,
+                            "--drive %s: id '%s' is taken by another drive",
+                            dc->spec, dc->id);
+            g_free(d);
+            return false;
+        }
+    }
     d->conf = dc;
     g_ptr_array_add(m->drives, d);
     d->blk = blk_open(dc->spec, dc->format, NULL, flags, errp);
@@ -508,7 +634,14 @@ static bool add_drive(Machine *m, VmmDriveConf *dc, int index, GError **errp)
         return false;
     }
     d->pci = virtio_pci_new(m->pci, virtio_blk_vdev(d->dev), errp);
-    return d->pci != NULL;
+    if (!d->pci) {
+        return false;
+    }
+    /* the path QEMU gives `-drive if=virtio`: an anonymous device's child */
+    d->qdev = g_strdup_printf("/machine/peripheral-anon/device[%d]/"
+                              "virtio-backend", index);
+    qmp_block_device_add(dc->id, d->qdev, d->blk);
+    return true;
 }
 
 static bool build_devices(Machine *m, GError **errp)
@@ -527,6 +660,9 @@ static bool build_devices(Machine *m, GError **errp)
     m->kbd_region = (IoRegion){ .name = "i8042", .size = 1, .ops = &kbd_ops,
                                 .opaque = m, .pio = true };
     dev_bus_map(&m->bus, &m->kbd_region, 0x64);
+    m->ged_region = (IoRegion){ .name = "power-button", .size = 4,
+                                .ops = &ged_ops, .opaque = m, .pio = true };
+    dev_bus_map(&m->bus, &m->ged_region, VMM_GED_PORT);
     for (guint i = 0; m->cfg.drives && i < m->cfg.drives->len; i++) {
         if (!add_drive(m, g_ptr_array_index(m->cfg.drives, i), i, errp)) {
             return false;
@@ -553,7 +689,9 @@ Machine *vmm_machine_new(const VmmConfig *cfg, GError **errp)
     m->nr_vcpus = cfg->smp > 0 ? cfg->smp : 1;
     m->drives = g_ptr_array_new();
     g_mutex_init(&m->lock);
+    g_mutex_init(&m->ged_lock);
     g_cond_init(&m->cond);
+    m->tids = g_new0(int, m->nr_vcpus);
     dev_bus_init(&m->bus);
     m->bus.irq_opaque = m;
     m->bus.set_irq = irq_set;
@@ -601,6 +739,12 @@ fail:
 int vmm_machine_run(Machine *m)
 {
     m->threads = g_new0(GThread *, m->nr_vcpus);
+    if (m->cfg.start_paused) {
+        m->state = VMM_RUN_PRELAUNCH;
+        m->hold++;                  /* the threads park before entering */
+    } else {
+        m->state = VMM_RUN_RUNNING;
+    }
     m->sig_int = g_unix_signal_add(SIGINT, on_signal, m);
     m->sig_term = g_unix_signal_add(SIGTERM, on_signal, m);
     for (int i = 0; i < m->nr_vcpus; i++) {
@@ -610,6 +754,14 @@ int vmm_machine_run(Machine *m)
         t->v = m->vcpus[i];
         m->threads[i] = g_thread_new(name, vcpu_thread, t);
     }
+    /* query-cpus-fast reports thread ids: have them before QMP runs */
+    g_mutex_lock(&m->lock);
+    for (int i = 0; i < m->nr_vcpus; i++) {
+        while (!m->tids[i]) {
+            g_cond_wait(&m->cond, &m->lock);
+        }
+    }
+    g_mutex_unlock(&m->lock);
     g_main_loop_run(m->loop);
     /* quit is set and every vCPU kicked (immediate_exit covers the race) */
     kick_all(m);
@@ -632,6 +784,10 @@ void vmm_machine_free(Machine *m)
     }
     for (guint i = 0; i < m->drives->len; i++) {
         MachineDrive *d = g_ptr_array_index(m->drives, i);
+        if (d->qdev) {
+            qmp_block_device_remove(d->conf->id);
+            g_free(d->qdev);
+        }
         if (d->pci) {
             virtio_pci_free(d->pci);
         }
@@ -669,7 +825,9 @@ void vmm_machine_free(Machine *m)
     g_main_loop_unref(m->loop);
     g_free(m->pending_msg);
     g_free(m->deferred_msg);
+    g_free(m->tids);
     g_mutex_clear(&m->lock);
+    g_mutex_clear(&m->ged_lock);
     g_cond_clear(&m->cond);
     g_free(m);
 }

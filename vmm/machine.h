@@ -1,13 +1,24 @@
 /*
  * The machine behind `ferry run`: guest RAM in a memfd, the PC platform
  * (8250 serial, PCI host bridge, virtio-blk and virtio-rng on virtio-pci,
- * the power and reset ports), one thread per vCPU, and the life cycle:
- * running, paused, reset, powered off.
+ * the power, reset and power button ports), one thread per vCPU, and the
+ * life cycle in QEMU's run states, which QMP reports (query-status):
  *
- * Life cycle (the main thread makes every transition):
- *   RUNNING --stop--> PAUSED --cont--> RUNNING
- *   RUNNING/PAUSED --guest reset or system_reset--> reset, then RUNNING
- *   any --poweroff, quit, error, signal--> SHUTDOWN (vCPU threads joined)
+ *   prelaunch  vCPUs hold their boot state (-S, or reset while not running)
+ *   running    vCPUs run
+ *   paused     QMP stop; the disks were flushed
+ *   shutdown   the guest or a signal shut it down, with --no-shutdown
+ *   internal-error  the accelerator failed, with --no-shutdown
+ *
+ * Transitions (the main thread makes every one; vmm/machine.c):
+ *   prelaunch/paused --cont--> running   (RESUME)
+ *   running --stop--> paused             (STOP)
+ *   any --reset (guest or system_reset)--> running, or prelaunch if it
+ *        was not running (RESET); with --no-reboot a reset is a shutdown
+ *   any --poweroff, signal--> exit, or shutdown with --no-shutdown
+ *        (SHUTDOWN, then STOP if it was running)
+ *   any --quit--> exit (SHUTDOWN)
+ *   shutdown/internal-error --cont--> refused until a reset
  * A vCPU thread never changes the state itself: it posts a request
  * (vmm_machine_request) and parks until the main thread has acted.
  */
@@ -55,9 +66,11 @@ typedef struct VmmConfig {
     GPtrArray *drives;        /* VmmDriveConf* */
     const char *serial;       /* chardev spec */
     const char *qtest;
-    const char *qmp;          /* QMP socket spec, or NULL */
     const char *name;
     bool no_reboot;
+    bool no_shutdown;         /* stay (run state shutdown) when the guest
+                                 powers off, as QEMU's -no-shutdown */
+    bool start_paused;        /* -S: start in prelaunch, wait for cont */
     bool rng;                 /* add virtio-rng */
     bool cpuid_baseline;
 } VmmConfig;
@@ -66,12 +79,25 @@ typedef struct Machine Machine;
 
 typedef enum {
     VMM_REQ_NONE,
-    VMM_REQ_RESET,
-    VMM_REQ_POWEROFF,
-    VMM_REQ_QUIT,
+    VMM_REQ_RESET,            /* the guest reset the machine */
+    VMM_REQ_SYSTEM_RESET,     /* QMP system_reset */
+    VMM_REQ_POWEROFF,         /* the guest powered off */
+    VMM_REQ_QUIT,             /* QMP quit */
     VMM_REQ_ERROR,
     VMM_REQ_SIGNAL,
 } VmmRequest;
+
+/* QEMU's RunState values that ferry's machine takes. */
+typedef enum {
+    VMM_RUN_PRELAUNCH,
+    VMM_RUN_RUNNING,
+    VMM_RUN_PAUSED,
+    VMM_RUN_SHUTDOWN,
+    VMM_RUN_INTERNAL_ERROR,
+} VmmRunState;
+
+/* QEMU's name of a run state ("running", "paused", ...). */
+const char *vmm_run_state_name(VmmRunState st);
 
 Machine *vmm_machine_new(const VmmConfig *cfg, GError **errp);
 /* Run until the machine shuts down; returns the exit code. */
@@ -81,9 +107,15 @@ void vmm_machine_free(Machine *m);
 /* Any thread: ask the main thread for a transition (msg may be NULL). */
 void vmm_machine_request(Machine *m, VmmRequest req, const char *msg);
 
-/* Main thread (QMP): pause and resume every vCPU. */
+/* Main thread (QMP): the transitions above and what they report. */
+VmmRunState vmm_machine_run_state(Machine *m);
 void vmm_machine_stop(Machine *m);
-void vmm_machine_cont(Machine *m);
-bool vmm_machine_running(Machine *m);
+bool vmm_machine_cont(Machine *m, GError **errp);
+/* Press the power button: POWERDOWN, and the guest sees the event. */
+void vmm_machine_powerdown(Machine *m);
+
+/* vmm/qmp-cmds.c: the VM's QMP commands and events (one machine). */
+void vmm_qmp_register(Machine *m);
+void vmm_qmp_unregister(void);
 
 #endif

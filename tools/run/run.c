@@ -1,6 +1,9 @@
 /*
  * ferry run: parse the command line into a VmmConfig, build the machine,
- * run it, and turn how it ended into the exit code (docs/run.md).
+ * serve QMP on it (--qmp: the VM's commands from vmm/, the block, bitmap
+ * and job commands from qmp/ on the VM's drives), run it, and turn how it
+ * ended into the exit code (docs/run.md).  QEMU's single-dash spellings
+ * (-qmp, -no-reboot, -S, ...) work too.
  */
 #include "config.h"
 
@@ -12,6 +15,8 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/units.h"
+#include "qmp/commands.h"
+#include "qmp/qmp.h"
 #include "tools/ferry.h"
 #include "vmm/machine.h"
 
@@ -34,14 +39,62 @@ static void run_usage(FILE *out)
 "  --rng                   add a virtio-rng device\n"
 "  --serial stdio|file:PATH|unix:PATH|none   where COM1 goes (default stdio)\n"
 "  --qtest unix:PATH       with --accel qtest: connect to the test's socket\n"
-"  --qmp SPEC              QMP server (unix:PATH)\n"
+"  --qmp SPEC              QMP server: unix:PATH,server[,wait=off] or\n"
+"                          tcp:HOST:PORT,server (may be repeated)\n"
+"  -S                      start paused (prelaunch): QMP cont runs the guest\n"
 "  --name NAME             VM name\n"
 "  --no-reboot             exit (code 2) when the guest resets\n"
+"  --no-shutdown           when the guest powers off, stay (QMP shows state\n"
+"                          shutdown; system_reset and cont boot it again)\n"
 "  --cpu host|baseline     CPUID: all KVM offers, or without what a\n"
 "                          paravirtual KVM cannot emulate at CPL0\n"
 "\n"
 "Exit codes: 0 guest powered off or quit, 1 ferry failed, 2 guest reset with\n"
-"--no-reboot, 3 the accelerator stopped on a guest error, 4 SIGINT/SIGTERM.\n");
+"--no-reboot, 3 the accelerator stopped on a guest error, 4 SIGINT/SIGTERM.\n"
+"QEMU's single-dash spellings work too (-qmp, -no-reboot, -smp, -kernel, ...).\n");
+}
+
+/*
+ * Build the machine, serve QMP on it while it runs, and take both down
+ * in order: the server (clients have had SHUTDOWN), the jobs (they hold
+ * the drives' nodes), then the machine.
+ */
+static int run_machine(VmmConfig *cfg, GPtrArray *qmp_addrs, GError **errp)
+{
+    QmpServer *srv = NULL;
+    Machine *m;
+    int code;
+
+    m = vmm_machine_new(cfg, errp);
+    if (!m) {
+        return -1;
+    }
+    if (qmp_addrs->len) {
+        qmp_register_core_commands();
+        qmp_register_block_commands();
+        qmp_register_bitmap_commands();
+        qmp_register_job_commands();
+        qmp_register_transaction_command();
+        vmm_qmp_register(m);
+        srv = qmp_server_new();
+        for (guint i = 0; i < qmp_addrs->len; i++) {
+            if (!qmp_server_listen(srv, qmp_addrs->pdata[i], errp)) {
+                g_prefix_error(errp, "--qmp: ");
+                qmp_server_free(srv);
+                vmm_qmp_unregister();
+                vmm_machine_free(m);
+                return -1;
+            }
+        }
+    }
+    code = vmm_machine_run(m);
+    if (srv) {
+        qmp_server_free(srv);
+        qmp_block_commands_shutdown();
+        vmm_qmp_unregister();
+    }
+    vmm_machine_free(m);
+    return code;
 }
 
 int run_main(int argc, char **argv)
@@ -49,7 +102,7 @@ int run_main(int argc, char **argv)
     enum {
         OPT_ACCEL = 256, OPT_SMP, OPT_KERNEL, OPT_INITRD, OPT_APPEND,
         OPT_BOOT, OPT_DRIVE, OPT_SERIAL, OPT_QTEST, OPT_QMP, OPT_NAME,
-        OPT_NO_REBOOT, OPT_RNG, OPT_CPU,
+        OPT_NO_REBOOT, OPT_RNG, OPT_CPU, OPT_NO_SHUTDOWN,
     };
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
@@ -66,6 +119,7 @@ int run_main(int argc, char **argv)
         { "qmp", required_argument, NULL, OPT_QMP },
         { "name", required_argument, NULL, OPT_NAME },
         { "no-reboot", no_argument, NULL, OPT_NO_REBOOT },
+        { "no-shutdown", no_argument, NULL, OPT_NO_SHUTDOWN },
         { "rng", no_argument, NULL, OPT_RNG },
         { "cpu", required_argument, NULL, OPT_CPU },
         { NULL, 0, NULL, 0 },
@@ -76,17 +130,19 @@ int run_main(int argc, char **argv)
     };
     g_autoptr(GPtrArray) drives =
         g_ptr_array_new_with_free_func((GDestroyNotify)vmm_drive_conf_free);
+    g_autoptr(GPtrArray) qmp_addrs = g_ptr_array_new();
     GError *err = NULL;
-    Machine *m;
     uint64_t n;
     int c, code;
 
+    /* long_only: QEMU's -qmp, -smp, -no-reboot, ... are long options */
     optind = 0;
-    while ((c = getopt_long(argc, argv, "+hm:", longopts, NULL)) != -1) {
+    while ((c = getopt_long_only(argc, argv, "+hm:S", longopts, NULL)) != -1) {
         switch (c) {
         case 'h':
             run_usage(stdout);
             return 0;
+        case 'S': cfg.start_paused = true; break;
         case OPT_ACCEL: cfg.accel = optarg; break;
         case OPT_SMP:
             if (!ferry_parse_uint(optarg, "--smp", &n, &err) || n < 1 ||
@@ -133,9 +189,10 @@ int run_main(int argc, char **argv)
         }
         case OPT_SERIAL: cfg.serial = optarg; break;
         case OPT_QTEST: cfg.qtest = optarg; break;
-        case OPT_QMP: cfg.qmp = optarg; break;
+        case OPT_QMP: g_ptr_array_add(qmp_addrs, optarg); break;
         case OPT_NAME: cfg.name = optarg; break;
         case OPT_NO_REBOOT: cfg.no_reboot = true; break;
+        case OPT_NO_SHUTDOWN: cfg.no_shutdown = true; break;
         case OPT_RNG: cfg.rng = true; break;
         case OPT_CPU:
             if (!strcmp(optarg, "baseline")) {
@@ -156,19 +213,11 @@ int run_main(int argc, char **argv)
                         "unexpected argument '%s'", argv[optind]);
         goto fail;
     }
-    if (cfg.qmp) {
-        ferry_error_set(&err, FERRY_ERROR_UNSUPPORTED,
-                        "--qmp: the QMP server (qmp/) is not in this build yet");
-        goto fail;
-    }
     cfg.drives = drives;
-    m = vmm_machine_new(&cfg, &err);
-    if (!m) {
-        goto fail;
+    code = run_machine(&cfg, qmp_addrs, &err);
+    if (code >= 0) {
+        return code;
     }
-    code = vmm_machine_run(m);
-    vmm_machine_free(m);
-    return code;
 
 fail:
     fprintf(stderr, "ferry run: %s\n", err->message);
