@@ -56,6 +56,7 @@ static inline void cpuid(uint32_t leaf, uint32_t *a, uint32_t *b, uint32_t *c,
 /* Power control ports of ferry's machine (docs/run.md). */
 #define PORT_SLEEP_CTL 0x600     /* 0x34: S5, power off */
 #define PORT_RESET_CTL 0xcf9     /* 0x06: reset */
+#define PORT_POWER_BTN 0x610     /* 32-bit events, read clears; bit 0 */
 
 /* lib.c (both levels) */
 void serial_putc(char c);

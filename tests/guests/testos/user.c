@@ -1,14 +1,19 @@
 /*
  * testos user part (CPL3, native speed on a paravirtual KVM): reads the
  * command line, lists PCI devices, and runs the tests it names:
- *   test=pci,disk,ro,bench,bad,reset,dirty,guestreset  (comma-separated;
- *                          they run in that order)
- *   sectors=N start=S      disk: pattern write/flush/read-verify range
+ *   test=pci,disk,ro,bench,bad,reset,diskloop,dirty,guestreset
+ *                          (comma-separated; they run in that order)
+ *   sectors=N start=S      disk, diskloop: pattern write/flush/read-verify
+ *                          range
+ *   rounds=N delay=MS      diskloop: rounds (0 = until the power button),
+ *                          pause between rounds
  *   indirect=1 eventidx=1  disk: use indirect descriptors / event idx
  *   mib=N secs=N           bench: region and seconds per phase
  *   pages=N rate=N secs=N  dirty: working set, pages dirtied per second
  *                          (0 = as fast as it can), duration (0 = forever)
  * Prints "testos: PASS" and powers off, or "testos: FAIL ..." and resets.
+ * The endless workloads (dirty secs=0, diskloop rounds=0) watch ferry's
+ * power button and power off when it is pressed (QMP system_powerdown).
  */
 #include "testos.h"
 #include "virtio-blk.h"
@@ -24,6 +29,23 @@ static void poweroff(void)
     outb(PORT_SLEEP_CTL, 0x34);
     for (;;) {
     }
+}
+
+/*
+ * Has the power button been pressed?  The read clears the event.  A port
+ * nobody claims reads all ones (another machine): never a press.
+ */
+static int power_button(void)
+{
+    uint32_t v = inl(PORT_POWER_BTN);
+
+    return v != 0xffffffffu && (v & 1);
+}
+
+static void power_button_poweroff(const char *who)
+{
+    printf_("%s: power button pressed, powering off\n", who);
+    poweroff();
 }
 
 static void fail(const char *what)
@@ -268,7 +290,7 @@ static void test_dirty(void)
     uint64_t secs = opt_num("secs", 2), report_ms = opt_num("report", 500);
     uint64_t *base = (uint64_t *)DIRTY_BASE;
     uint64_t expect = 0, counter = 0, dirtied = 0, next_report = report_ms;
-    uint64_t t0, seed = 0x1234567887654321ull;
+    uint64_t t0, seed = 0x1234567887654321ull, next_poll = 0;
 
     for (uint64_t p = 0; p < pages; p++) {
         write_page(base + p * 512, 0);
@@ -303,7 +325,90 @@ static void test_dirty(void)
         if (secs && ms >= secs * 1000) {
             break;
         }
+        if (!secs && ms >= next_poll) {
+            if (power_button()) {
+                power_button_poweroff("dirty");
+            }
+            next_poll = ms + 20;
+        }
     }
+}
+
+/*
+ * diskloop: rounds of pattern writes over one range, each read back and
+ * verified, for block jobs on a disk in use.  A sector of round r holds
+ * word 0 = "LOOP" << 32 | r, word 1 = its number, then the disk pattern
+ * xor r (tests/integration/run/guest.py decodes it).  Round r is announced
+ * before its first write, so a test that sees "round r" knows rounds after
+ * it have not started.
+ */
+static void fill_round(uint64_t sector, uint32_t nsect, uint64_t round)
+{
+    uint64_t *w = (uint64_t *)iobuf;
+    for (uint32_t s = 0; s < nsect; s++) {
+        w[s * 64] = (0x4c4f4f50ull << 32) | round;
+        w[s * 64 + 1] = sector + s;
+        for (int i = 2; i < 64; i++) {
+            w[s * 64 + i] = pattern(sector + s, i) ^ round;
+        }
+    }
+}
+
+static void test_diskloop(VBlk *b)
+{
+    uint64_t start = opt_num("start", 0), n = opt_num("sectors", 2048);
+    uint64_t rounds = opt_num("rounds", 0), delay = opt_num("delay", 0);
+    uint64_t round;
+
+    if (vblk_init(b, 1ull << 29, 0) < 0) {
+        fail("diskloop: init");
+    }
+    if (start + n > b->capacity) {
+        fail("diskloop: range past the end");
+    }
+    for (round = 1; !rounds || round <= rounds; round++) {
+        printf_("diskloop: round %lu\n", round);
+        for (uint64_t s = start; s < start + n; s += 128) {
+            uint32_t c = (uint32_t)((start + n - s) < 128 ? start + n - s : 128);
+            fill_round(s, c, round);
+            if (vblk_rw(b, 1, s, iobuf, c * 512) != 0) {
+                fail("diskloop: write");
+            }
+        }
+        if (vblk_rw(b, 4, 0, 0, 0) != 0) {
+            fail("diskloop: flush");
+        }
+        for (uint64_t s = start; s < start + n; s += 128) {
+            uint32_t c = (uint32_t)((start + n - s) < 128 ? start + n - s : 128);
+            uint64_t *w = (uint64_t *)iobuf;
+            memset(iobuf, 0, c * 512);
+            if (vblk_rw(b, 0, s, iobuf, c * 512) != 0) {
+                fail("diskloop: read");
+            }
+            for (uint32_t k = 0; k < c; k++) {
+                int bad = w[k * 64] != ((0x4c4f4f50ull << 32) | round) ||
+                          w[k * 64 + 1] != s + k;
+                for (int i = 2; i < 64; i++) {
+                    bad |= w[k * 64 + i] != (pattern(s + k, i) ^ round);
+                }
+                if (bad) {
+                    printf_("diskloop: round %lu sector %lu reads 0x%lx\n",
+                            round, s + k, w[k * 64]);
+                    fail("diskloop: read back");
+                }
+            }
+        }
+        if (!rounds && power_button()) {
+            printf_("diskloop: %lu rounds verified\n", round);
+            power_button_poweroff("diskloop");
+        }
+        if (delay) {
+            uint64_t t0 = rdtsc();
+            while (ms_since(t0) < delay) {
+            }
+        }
+    }
+    printf_("diskloop: %lu rounds verified\n", rounds);
 }
 
 /* A read-only disk: offered VIRTIO_BLK_F_RO, reads work, writes fail. */
@@ -429,7 +534,7 @@ void user_main(uint64_t kind, uint64_t ptr)
         list_pci();
     }
     if (want("disk") || want("bench") || want("bad") || want("reset") ||
-        want("ro")) {
+        want("ro") || want("diskloop")) {
         if (vblk_find(&blk, 0) < 0) {
             fail("no virtio-blk device");
         }
@@ -448,6 +553,9 @@ void user_main(uint64_t kind, uint64_t ptr)
     }
     if (want("reset")) {
         test_reset_io(&blk);
+    }
+    if (want("diskloop")) {
+        test_diskloop(&blk);
     }
     if (want("dirty")) {
         test_dirty();
