@@ -32,6 +32,7 @@ struct VirtioBlk {
     char serial[21];
     uint64_t capacity_sectors;
     int stop_fd;                /* wakes every iothread to exit */
+    bool paused;                /* atomic: the VM is stopped, serve nothing */
     BlkQueue q[VIRTIO_MAX_QUEUES];
 };
 
@@ -218,6 +219,10 @@ static bool blk_poll_ring(VirtQueue *vq)
             vq->last_avail_idx) {
             return true;
         }
+        if (__atomic_load_n(&((VirtioBlk *)vq->vdev)->paused,
+                            __ATOMIC_ACQUIRE)) {
+            return false;
+        }
         __builtin_ia32_pause();
     } while (g_get_monotonic_time() < end);
     return false;
@@ -231,8 +236,12 @@ static void blk_process_queue(BlkQueue *q)
     g_mutex_lock(&vq->lock);
     for (;;) {
         bool done_any = false;
+        if (__atomic_load_n(&q->b->paused, __ATOMIC_ACQUIRE)) {
+            break;              /* virtio_blk_pause(false) kicks us again */
+        }
         virtqueue_set_notification(vq, false);
-        while ((r = virtqueue_pop(vq, &q->elem)) == 1) {
+        while (!__atomic_load_n(&q->b->paused, __ATOMIC_ACQUIRE) &&
+               (r = virtqueue_pop(vq, &q->elem)) == 1) {
             uint32_t len = blk_handle(q->b, vq, &q->elem);
             if (virtio_broken(&q->b->vdev)) {
                 break;
@@ -380,6 +389,24 @@ VirtioBlk *virtio_blk_new(DevBus *bus, const VirtioBlkConf *conf,
         q->thread = g_thread_new(name, blk_iothread, q);
     }
     return b;
+}
+
+/*
+ * Pausing waits for the request each iothread is serving (it holds its
+ * queue's lock for it) and leaves the rest in the rings; resuming kicks
+ * every queue so requests that arrived meanwhile are served.
+ */
+void virtio_blk_pause(VirtioBlk *b, bool pause)
+{
+    __atomic_store_n(&b->paused, pause, __ATOMIC_RELEASE);
+    for (int i = 0; i < b->vdev.nr_queues; i++) {
+        if (pause) {
+            g_mutex_lock(&b->vdev.vq[i].lock);
+            g_mutex_unlock(&b->vdev.vq[i].lock);
+        } else {
+            blk_notify(&b->vdev, &b->vdev.vq[i]);
+        }
+    }
 }
 
 VirtioDevice *virtio_blk_vdev(VirtioBlk *b)

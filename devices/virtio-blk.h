@@ -22,6 +22,11 @@ VirtioBlk *virtio_blk_new(DevBus *bus, const VirtioBlkConf *conf,
                           GError **errp);
 VirtioDevice *virtio_blk_vdev(VirtioBlk *b);
 BlockBackend *virtio_blk_backend(VirtioBlk *b);
+/*
+ * While the VM is stopped: serve no request (pause waits for those being
+ * served; the guest's queued ones wait in the rings until resume).
+ */
+void virtio_blk_pause(VirtioBlk *b, bool pause);
 /* Stops the iothreads (finishing requests in flight) and frees. */
 void virtio_blk_free(VirtioBlk *b);
 

@@ -156,6 +156,12 @@ QmpServer *qmp_server_new(void);
  * (QEMU's chardev spellings; ferry always listens).
  */
 bool qmp_server_listen(QmpServer *srv, const char *spec, GError **errp);
+/*
+ * Run the main context until every socket given with "server" and without
+ * wait=off has had a client, as QEMU holds its machine (wait=on is its
+ * default); a VM calls it before starting.
+ */
+void qmp_server_wait_clients(QmpServer *srv);
 void qmp_server_free(QmpServer *srv);
 /* Main loop to quit on the quit command (NULL: none). */
 void qmp_server_set_quit_loop(GMainLoop *loop);

@@ -31,6 +31,9 @@ typedef struct QmpListener {
     int fd;
     guint watch;
     char *unix_path;           /* unlinked at free; NULL for TCP */
+    char *spec;
+    bool wait;                 /* "server" without wait=off: QEMU's wait=on */
+    bool accepted;             /* a client connected once */
 } QmpListener;
 
 struct QmpServer {
@@ -229,8 +232,22 @@ static gboolean listener_ready(gint fd, GIOCondition cond, gpointer opaque)
         }
         return G_SOURCE_CONTINUE;
     }
+    l->accepted = true;
     client_new(l->srv, cfd);
     return G_SOURCE_CONTINUE;
+}
+
+void qmp_server_wait_clients(QmpServer *srv)
+{
+    for (GList *i = srv->listeners; i; i = i->next) {
+        QmpListener *l = i->data;
+        if (l->wait && !l->accepted) {
+            ferry_warn("qmp: waiting for a connection on %s", l->spec);
+        }
+        while (l->wait && !l->accepted) {
+            g_main_context_iteration(NULL, TRUE);
+        }
+    }
 }
 
 QmpServer *qmp_server_new(void)
@@ -302,12 +319,16 @@ bool qmp_server_listen(QmpServer *srv, const char *spec, GError **errp)
 {
     g_auto(GStrv) parts = g_strsplit(spec, ",", -1);
     const char *addr = parts[0];
+    bool server = false, nowait = false;
     QmpListener *l;
     int fd;
 
     for (char **p = parts + 1; *p; p++) {
-        if (strcmp(*p, "server") && strcmp(*p, "server=on") &&
-            strcmp(*p, "wait=off") && strcmp(*p, "nowait")) {
+        if (!strcmp(*p, "server") || !strcmp(*p, "server=on")) {
+            server = true;
+        } else if (!strcmp(*p, "wait=off") || !strcmp(*p, "nowait")) {
+            nowait = true;
+        } else {
             ferry_error_set(errp, FERRY_ERROR_INVALID,
                             "qmp address '%s': unknown option '%s' (server, "
                             "wait=off)", spec, *p);
@@ -316,6 +337,8 @@ bool qmp_server_listen(QmpServer *srv, const char *spec, GError **errp)
     }
     l = g_new0(QmpListener, 1);
     l->srv = srv;
+    l->spec = g_strdup(spec);
+    l->wait = server && !nowait;
     if (g_str_has_prefix(addr, "unix:") || addr[0] == '/') {
         const char *path = addr[0] == '/' ? addr : addr + 5;
         fd = listen_unix(path, errp);
@@ -327,6 +350,7 @@ bool qmp_server_listen(QmpServer *srv, const char *spec, GError **errp)
         if (!colon) {
             ferry_error_set(errp, FERRY_ERROR_INVALID,
                             "qmp address '%s' needs tcp:HOST:PORT", spec);
+            g_free(l->spec);
             g_free(l);
             return false;
         }
@@ -340,11 +364,13 @@ bool qmp_server_listen(QmpServer *srv, const char *spec, GError **errp)
         ferry_error_set(errp, FERRY_ERROR_INVALID,
                         "qmp address '%s' must be unix:PATH or tcp:HOST:PORT",
                         spec);
+        g_free(l->spec);
         g_free(l);
         return false;
     }
     if (fd < 0) {
         g_free(l->unix_path);
+        g_free(l->spec);
         g_free(l);
         return false;
     }
@@ -372,6 +398,7 @@ void qmp_server_free(QmpServer *srv)
             unlink(l->unix_path);
         }
         g_free(l->unix_path);
+        g_free(l->spec);
         g_free(l);
     }
     g_list_free(srv->listeners);

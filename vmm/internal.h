@@ -72,6 +72,7 @@ struct Machine {
     GCond cond;
     int hold;                          /* >0: vCPUs must park */
     int parked;                        /* vCPUs parked now */
+    int started;                       /* vCPU threads that have started */
     int *tids;                         /* each vCPU thread's id, 0 before */
     bool quit;                         /* vCPU threads exit */
     VmmRequest pending;                /* being handled by the main thread */

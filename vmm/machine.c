@@ -185,6 +185,7 @@ static gpointer vcpu_thread(gpointer opaque)
 
     g_mutex_lock(&m->lock);
     m->tids[t->v->index] = (int)syscall(SYS_gettid);
+    m->started++;
     g_cond_broadcast(&m->cond);
     g_mutex_unlock(&m->lock);
     for (;;) {
@@ -244,7 +245,7 @@ static void hold_all(Machine *m)
     g_mutex_unlock(&m->lock);
     kick_all(m);
     g_mutex_lock(&m->lock);
-    while (m->parked < m->nr_vcpus) {
+    while (m->parked < m->started) {
         gint64 deadline = g_get_monotonic_time() + 10 * G_TIME_SPAN_MILLISECOND;
         if (!g_cond_wait_until(&m->cond, &m->lock, deadline)) {
             g_mutex_unlock(&m->lock);
@@ -277,14 +278,28 @@ const char *vmm_run_state_name(VmmRunState st)
     return "debug";
 }
 
-/* The vCPUs run exactly in state running: one hold covers every other. */
+static void pause_drives(Machine *m, bool pause)
+{
+    for (guint i = 0; i < m->drives->len; i++) {
+        MachineDrive *d = g_ptr_array_index(m->drives, i);
+        virtio_blk_pause(d->dev, pause);
+    }
+}
+
+/*
+ * The vCPUs run exactly in state running: one hold covers every other.
+ * The disks' iothreads stop with them, as QEMU drains on vm_stop, so a
+ * stopped VM's images change only through jobs and QMP.
+ */
 static void set_state(Machine *m, VmmRunState st)
 {
     bool was = m->state == VMM_RUN_RUNNING, now = st == VMM_RUN_RUNNING;
 
     if (was && !now) {
         hold_all(m);
+        pause_drives(m, true);
     } else if (!was && now) {
+        pause_drives(m, false);
         release_all(m);
     }
     FERRY_TRACE_POINT(VMM, "vmm state %s -> %s", vmm_run_state_name(m->state),
@@ -729,6 +744,10 @@ Machine *vmm_machine_new(const VmmConfig *cfg, GError **errp)
     if (!load_and_set_cpus(m, errp)) {
         goto fail;
     }
+    /* prelaunch until vmm_machine_run (a QMP client may come first) */
+    m->state = VMM_RUN_PRELAUNCH;
+    m->hold = 1;
+    pause_drives(m, true);
     return m;
 
 fail:
@@ -739,12 +758,6 @@ fail:
 int vmm_machine_run(Machine *m)
 {
     m->threads = g_new0(GThread *, m->nr_vcpus);
-    if (m->cfg.start_paused) {
-        m->state = VMM_RUN_PRELAUNCH;
-        m->hold++;                  /* the threads park before entering */
-    } else {
-        m->state = VMM_RUN_RUNNING;
-    }
     m->sig_int = g_unix_signal_add(SIGINT, on_signal, m);
     m->sig_term = g_unix_signal_add(SIGTERM, on_signal, m);
     for (int i = 0; i < m->nr_vcpus; i++) {
@@ -762,7 +775,13 @@ int vmm_machine_run(Machine *m)
         }
     }
     g_mutex_unlock(&m->lock);
-    g_main_loop_run(m->loop);
+    /* without -S the guest starts (unless a QMP client already did it) */
+    if (!m->cfg.start_paused && m->state == VMM_RUN_PRELAUNCH && !m->quit) {
+        set_state(m, VMM_RUN_RUNNING);
+    }
+    if (!m->quit) {             /* a client may have quit already */
+        g_main_loop_run(m->loop);
+    }
     /* quit is set and every vCPU kicked (immediate_exit covers the race) */
     kick_all(m);
     for (int i = 0; i < m->nr_vcpus; i++) {

@@ -86,6 +86,7 @@ static int run_machine(VmmConfig *cfg, GPtrArray *qmp_addrs, GError **errp)
                 return -1;
             }
         }
+        qmp_server_wait_clients(srv);
     }
     code = vmm_machine_run(m);
     if (srv) {

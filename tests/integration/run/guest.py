@@ -75,3 +75,34 @@ def run_vm(args, timeout=60):
 def boot_testos(append, *extra, mem="128M", timeout=60):
     return run_vm(["--kernel", guest_elf(), "--append", append,
                    "--no-reboot", "-m", mem] + list(extra), timeout=timeout)
+
+
+DISKLOOP_MAGIC = 0x4c4f4f50
+
+
+def diskloop_round(data, sector):
+    """The diskloop round a sector's 512 bytes hold (user.c: fill_round),
+    or None if they are not a whole diskloop sector."""
+    words = struct.unpack("<64Q", data)
+    if words[0] >> 32 != DISKLOOP_MAGIC or words[1] != sector:
+        return None
+    r = words[0] & 0xffffffff
+    for w in range(2, 64):
+        base = ((sector << 20) ^ (w << 8) ^ 0xa5a5a5a55a5a5a5a) & (2**64 - 1)
+        if words[w] != base ^ r:
+            return None
+    return r
+
+
+def diskloop_rounds(image, start, count, tmp_path, fmt="qcow2"):
+    """Rounds found in sectors [start, start+count) of an image, read
+    through qemu-img (the peer) into a raw file."""
+    raw = os.path.join(str(tmp_path), os.path.basename(str(image)) + ".read.raw")
+    subprocess.run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw",
+                    str(image), raw], check=True, capture_output=True)
+    with open(raw, "rb") as f:
+        f.seek(start * 512)
+        data = f.read(count * 512)
+    os.unlink(raw)
+    return [diskloop_round(data[i * 512:(i + 1) * 512], start + i)
+            for i in range(count)]
