@@ -43,8 +43,9 @@ def boot_until(tmp_path, kernel, want, seconds):
 
 
 def test_bzimage_64bit_entry_reaches_the_decompressor(tmp_path):
+    # wait for the whole line: the decompressor prints it a byte per exit
     text, err = boot_until(tmp_path, guest_file("bzImage"),
-                           "KASLR disabled", 30)
+                           "KASLR disabled: 'nokaslr' on cmdline.", 30)
     assert "KASLR disabled: 'nokaslr' on cmdline." in text, err
 
 
