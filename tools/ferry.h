@@ -13,5 +13,6 @@ typedef struct FerryCommand {
 } FerryCommand;
 
 int img_main(int argc, char **argv);
+int nbd_main(int argc, char **argv);
 
 #endif

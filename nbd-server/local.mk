@@ -1,0 +1,10 @@
+# The NBD server: handshake, transmission, meta contexts, TLS.
+libferry_a_SOURCES += \
+	nbd-server/nbd-server.h nbd-server/internal.h \
+	nbd-server/io.c \
+	nbd-server/meta-context.c \
+	nbd-server/negotiate.c \
+	nbd-server/request.c \
+	nbd-server/server.c \
+	nbd-server/tls.c \
+	$(NULL)
