@@ -14,12 +14,18 @@ extern const BlockDriver file_driver;
 extern const BlockDriver raw_driver;
 extern const BlockDriver null_co_driver;
 extern const BlockDriver null_aio_driver;
+#ifdef HAVE_LIBNBD
+extern const BlockDriver nbd_driver;
+#endif
 
 const BlockDriver *const block_drivers[] = {
     &file_driver,
     &raw_driver,
     &null_co_driver,
     &null_aio_driver,
+#ifdef HAVE_LIBNBD
+    &nbd_driver,
+#endif
     NULL,
 };
 

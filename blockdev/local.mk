@@ -7,3 +7,6 @@ libferry_a_SOURCES += \
 	blockdev/drivers/null.c \
 	blockdev/drivers/raw.c \
 	$(NULL)
+if HAVE_LIBNBD
+libferry_a_SOURCES += blockdev/drivers/nbd.c
+endif

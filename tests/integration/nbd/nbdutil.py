@@ -117,7 +117,7 @@ def ferry_nbd(tmp_path, image, *args, fmt="raw", name="", tcp=False,
 def qemu_nbd(tmp_path, image, *args, fmt="raw", name="", tcp=False,
              tag="qemu-nbd"):
     need("qemu-nbd")
-    cmd = ["qemu-nbd", "-t", "-f", fmt]
+    cmd = ["qemu-nbd", "-t", "-e", "16", "-f", fmt]
     if name:
         cmd += ["-x", name]
     sock = port = None
