@@ -594,7 +594,8 @@ BlockNode *block_node_open_opts(json_t *in_opts, uint32_t flags, uint32_t perm,
 {
     g_autoptr(json_t) opts = json_deep_copy(in_opts);
     const char *driver = ferry_opt_str(opts, "driver");
-    const char *filename = ferry_opt_str(opts, "filename");
+    /* A copy: "filename" is deleted from opts before the last use. */
+    g_autofree char *filename = g_strdup(ferry_opt_str(opts, "filename"));
     const BlockDriver *drv, *proto;
     BlockNode *file, *bs;
     json_t *fopts;
@@ -1248,8 +1249,8 @@ int block_node_block_status(BlockNode *bs, int64_t offset, int64_t bytes,
             ret = BLOCK_STATUS_ZERO;
         }
         ret = (ret & ~BLOCK_STATUS_EOF) | BLOCK_STATUS_ALLOCATED;
-    } else if ((ret & BLOCK_STATUS_OFFSET_VALID) && !(ret & BLOCK_STATUS_ZERO) &&
-               local_file && local_file != bs) {
+    } else if ((ret & BLOCK_STATUS_DATA) && !(ret & BLOCK_STATUS_ZERO) &&
+               (ret & BLOCK_STATUS_OFFSET_VALID) && local_file && local_file != bs) {
         /* Data mapped to a host range: a hole there reads as zeroes. */
         int64_t n;
         int fret = block_node_block_status(local_file, local_map, *pnum, &n,

@@ -180,7 +180,10 @@ struct BlockDriver {
     /* Rewrite the backing file name in the image header (rebase, commit). */
     bool (*change_backing_file)(BlockNode *bs, const char *backing_file,
                                 const char *backing_fmt, GError **errp);
-    /* Mark the image clean/dirty-free before close: optional. */
+    /*
+     * Optional: make every cluster unallocated so reads fall through to the
+     * backing file (qemu-img commit empties the overlay with it).
+     */
     bool (*make_empty)(BlockNode *bs, GError **errp);
 
     bool (*snapshot_create)(BlockNode *bs, BlockSnapshotInfo *sn,

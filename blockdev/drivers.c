@@ -12,6 +12,7 @@
 
 extern const BlockDriver file_driver;
 extern const BlockDriver raw_driver;
+extern const BlockDriver qcow2_driver;
 extern const BlockDriver null_co_driver;
 extern const BlockDriver null_aio_driver;
 #ifdef HAVE_LIBNBD
@@ -21,6 +22,7 @@ extern const BlockDriver nbd_driver;
 const BlockDriver *const block_drivers[] = {
     &file_driver,
     &raw_driver,
+    &qcow2_driver,
     &null_co_driver,
     &null_aio_driver,
 #ifdef HAVE_LIBNBD

@@ -32,7 +32,7 @@ bool ferry_progress_parse_mode(const char *s, FerryProgressMode *mode)
     return true;
 }
 
-static void print_locked(FerryProgress *p, bool final)
+static void print_locked(FerryProgress *p, bool final, bool complete)
 {
     uint64_t done = __atomic_load_n(&p->done, __ATOMIC_RELAXED);
     uint64_t total = p->total;
@@ -40,7 +40,7 @@ static void print_locked(FerryProgress *p, bool final)
     gint64 now = g_get_monotonic_time();
     double secs = (double)(now - p->start_us) / 1e6;
 
-    if (final) {
+    if (final && complete) {
         percent = 100.0;
         done = total;
     }
@@ -79,7 +79,7 @@ FerryProgress *ferry_progress_new(FerryProgressMode mode, const char *op,
     g_mutex_init(&p->lock);
     if (mode != FERRY_PROGRESS_NONE) {
         g_mutex_lock(&p->lock);
-        print_locked(p, false);
+        print_locked(p, false, false);
         g_mutex_unlock(&p->lock);
     }
     return p;
@@ -108,22 +108,32 @@ void ferry_progress_add(FerryProgress *p, uint64_t bytes)
         return;
     }
     if (now - p->last_print_us >= 100000) {
-        print_locked(p, false);
+        print_locked(p, false, false);
     }
     g_mutex_unlock(&p->lock);
 }
 
-void ferry_progress_finish(FerryProgress *p)
+static void progress_end(FerryProgress *p, bool complete)
 {
     if (!p) {
         return;
     }
     if (p->mode != FERRY_PROGRESS_NONE) {
         g_mutex_lock(&p->lock);
-        print_locked(p, true);
+        print_locked(p, true, complete);
         g_mutex_unlock(&p->lock);
     }
     g_mutex_clear(&p->lock);
     g_free(p->op);
     g_free(p);
+}
+
+void ferry_progress_finish(FerryProgress *p)
+{
+    progress_end(p, true);
+}
+
+void ferry_progress_abort(FerryProgress *p)
+{
+    progress_end(p, false);
 }

@@ -30,5 +30,10 @@ void ferry_progress_set_total(FerryProgress *p, uint64_t total_bytes);
 void ferry_progress_add(FerryProgress *p, uint64_t bytes);   /* thread-safe */
 /* Print the final 100% line (if any) and free. NULL is fine. */
 void ferry_progress_finish(FerryProgress *p);
+/*
+ * The operation stopped early (error, or compare found a difference): end
+ * the line where it stands, without claiming 100%, and free.  NULL is fine.
+ */
+void ferry_progress_abort(FerryProgress *p);
 
 #endif

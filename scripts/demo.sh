@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install everything, build, and show ferry's main job: disk images that
-# QEMU's own tools accept, made and inspected by ferry.
+# QEMU's own tools accept, made, filled, inspected and checked by ferry.
 set -eu
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -11,10 +11,18 @@ trap 'rm -rf "$work"' EXIT
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
 step "$FERRY" --version
-step "$FERRY" img create -f raw "$work/disk.raw" 64M
-step qemu-io -f raw -c "write -P 0xab 1M 4M" "$work/disk.raw"
-step "$FERRY" img info "$work/disk.raw"
-step "$FERRY" img info --output=json "$work/disk.raw"
-step qemu-img info "$work/disk.raw"
+# a base image with data, and an overlay on top of it
+step "$FERRY" img create -f qcow2 "$work/base.qcow2" 1G
+step "$FERRY" io -c "write -P 0xab 0 4M" -c "write -c -P 0xcd 8M 1M" "$work/base.qcow2"
+step "$FERRY" img create -f qcow2 -b "$work/base.qcow2" -F qcow2 "$work/top.qcow2"
+step "$FERRY" io -c "write -P 0x11 1M 64k" -c "write -z 2M 1M" "$work/top.qcow2"
+step "$FERRY" img info --backing-chain "$work/top.qcow2"
+step "$FERRY" img map --output=json "$work/top.qcow2"
+# QEMU's tools are the judge: they read what ferry wrote
+step qemu-img check "$work/top.qcow2"
+step qemu-io -c "read -P 0x11 1M 64k" -c "read -P 0 2M 1M" -c "read -P 0xab 3M 1M" "$work/top.qcow2"
+step "$FERRY" img commit "$work/top.qcow2"
+step "$FERRY" img check "$work/base.qcow2"
+step qemu-img compare "$work/top.qcow2" "$work/base.qcow2"
 echo
-echo "demo finished: ferry created and inspected an image qemu-img agrees on"
+echo "demo finished: ferry made, filled, committed and checked qcow2 images that qemu-img and qemu-io accept"

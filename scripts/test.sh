@@ -20,6 +20,17 @@ if [ $unit_status -ne 0 ]; then
     done
 fi
 
+# The release tarball must build and pass its own tests too.
+if make distcheck > tests/results/distcheck.txt 2>&1; then
+    echo "PASS: make distcheck"
+    echo "distcheck: pass" > tests/results/distcheck.status
+else
+    tail -30 tests/results/distcheck.txt
+    echo "FAIL: make distcheck"
+    echo "distcheck: fail" > tests/results/distcheck.status
+fi
+
 FERRY="$(pwd)/ferry" pytest-3 -n "$(nproc)" -rs -q tests/integration \
     --junitxml=tests/results/integration.xml
-python3 scripts/test-summary.py tests/results/make-check.txt tests/results/integration.xml
+python3 scripts/test-summary.py tests/results/make-check.txt tests/results/integration.xml \
+    tests/results/distcheck.status

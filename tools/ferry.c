@@ -15,6 +15,7 @@ static int cmd_help(int argc, char **argv);
 static const FerryCommand commands[] = {
     { "img", img_main, "create, inspect, check and convert disk images (qemu-img)" },
     { "nbd", nbd_main, "export a disk image over NBD (qemu-nbd)" },
+    { "io", io_main, "run qemu-io style commands on an image (qemu-io)" },
     { "help", cmd_help, "show help for ferry or one of its commands" },
 };
 

@@ -4,4 +4,23 @@ ferry_SOURCES += \
 	tools/img/create.c \
 	tools/img/info.c tools/img/info.h \
 	tools/nbd/nbd.c \
+	tools/io/io.c \
+	$(NULL)
+
+# ferry img subcommands beyond create/info: one file each
+ferry_SOURCES += \
+	tools/img/json-out.c \
+	tools/img/snapshot-table.c \
+	tools/img/chain.c \
+	tools/img/qemu-caps.c \
+	tools/img/check.c \
+	tools/img/map.c \
+	tools/img/compare.c \
+	tools/img/resize.c \
+	tools/img/measure.c \
+	tools/img/commit.c \
+	tools/img/rebase.c \
+	tools/img/snapshot.c \
+	tools/img/bitmap.c \
+	tools/img/amend.c \
 	$(NULL)

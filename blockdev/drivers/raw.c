@@ -173,33 +173,19 @@ static bool raw_create(const char *filename, json_t *opts, GError **errp)
     return block_create_file(filename, opts, errp);
 }
 
+/*
+ * qemu-img measure for a raw target: a raw file is as long as its disk
+ * whether or not the source is sparse, so both figures are the virtual size
+ * (a size given without a source is rounded up to 512-byte sectors).
+ */
 static bool raw_measure(json_t *opts, BlockNode *in, uint64_t size,
                         BlockMeasureInfo *out, GError **errp)
 {
-    const char *prealloc = ferry_opt_str(opts, "preallocation");
-
-    out->fully_allocated = size;
-    out->required = size;
-    if (in && (!prealloc || !strcmp(prealloc, "off"))) {
-        /* Only what the source has allocated needs room. */
-        int64_t off = 0, n, need = 0;
-        while (off < (int64_t)size) {
-            int ret = block_node_block_status_above(in, NULL, off, size - off,
-                                                    &n, NULL, NULL, NULL);
-            if (ret < 0) {
-                ferry_error_setg_errno(errp, -ret, "cannot get block status");
-                return false;
-            }
-            if (n == 0) {
-                break;
-            }
-            if (!(ret & BLOCK_STATUS_ZERO)) {
-                need += n;
-            }
-            off += n;
-        }
-        out->required = need;
+    if (!in) {
+        size = (size + 511) & ~UINT64_C(511);
     }
+    out->required = size;
+    out->fully_allocated = size;
     return true;
 }
 

@@ -1,0 +1,23 @@
+# libFuzzer harnesses.  Built with --enable-fuzzing (clang): real fuzzers.
+# Built otherwise: the same harness with fuzz-main.c, run by make check over
+# its corpus in tests/fuzz/corpus/<name>/ as a regression test.
+FUZZ_HARNESSES = \
+	tests/fuzz/fuzz-opts \
+	$(NULL)
+
+if ENABLE_FUZZING
+FUZZ_CFLAGS = $(AM_CFLAGS) -fsanitize=fuzzer
+FUZZ_MAIN =
+noinst_PROGRAMS = $(FUZZ_HARNESSES)
+else
+FUZZ_CFLAGS = $(AM_CFLAGS)
+FUZZ_MAIN = tests/fuzz/fuzz-main.c
+check_PROGRAMS += $(FUZZ_HARNESSES)
+TESTS += tests/fuzz/run-corpus.sh
+endif
+EXTRA_DIST += tests/fuzz/run-corpus.sh tests/fuzz/corpus tests/fuzz/README.md \
+	tests/fuzz/fuzz-main.c
+
+tests_fuzz_fuzz_opts_SOURCES = tests/fuzz/fuzz-opts.c $(FUZZ_MAIN)
+tests_fuzz_fuzz_opts_CFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_fuzz_opts_LDADD = $(FERRY_LIBS)

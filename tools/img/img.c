@@ -20,6 +20,39 @@ static const ImgCommand img_commands[] = {
     { "info", img_info,
       "info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt]\n"
       "        [--backing-chain] [-U] filename" },
+    { "check", img_check,
+      "check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt]\n"
+      "        [-r [leaks | all]] [-T src_cache] [-U] filename" },
+    { "map", img_map,
+      "map [--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset]\n"
+      "        [--max-length=len] [--output=ofmt] [-U] filename" },
+    { "compare", img_compare,
+      "compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache]\n"
+      "        [-p] [--progress=json] [-q] [-s] [-U] filename1 filename2" },
+    { "resize", img_resize,
+      "resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc]\n"
+      "        [-q] [--shrink] filename [+ | -]size" },
+    { "measure", img_measure,
+      "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N |\n"
+      "        [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param]\n"
+      "        filename]" },
+    { "commit", img_commit,
+      "commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache]\n"
+      "        [-b base] [-r rate_limit] [-d] [-p] [--progress=json] filename" },
+    { "rebase", img_rebase,
+      "rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache]\n"
+      "        [-T src_cache] [-p] [--progress=json] [-u] [-c] -b backing_file\n"
+      "        [-F backing_fmt] filename" },
+    { "snapshot", img_snapshot,
+      "snapshot [--object objectdef] [--image-opts] [-U] [-q]\n"
+      "        [-l | -a snapshot | -c snapshot | -d snapshot] filename" },
+    { "bitmap", img_bitmap,
+      "bitmap (--merge SOURCE | --add | --remove | --clear | --enable |\n"
+      "        --disable)... [-b source_file [-F source_fmt]] [-g granularity]\n"
+      "        [--object objectdef] [--image-opts | -f fmt] filename bitmap" },
+    { "amend", img_amend,
+      "amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache]\n"
+      "        [--force] -o options filename" },
 };
 
 void img_error(const char *fmt, ...)
@@ -214,10 +247,9 @@ bool img_check_create_opts(const char *fmt, json_t *opts, GError **errp)
 
 void img_print_json(FILE *out, json_t *json)
 {
-    char *s = json_dumps(json, JSON_INDENT(4) | JSON_PRESERVE_ORDER |
-                         JSON_ENCODE_ANY);
-    fprintf(out, "%s\n", s ? s : "null");
-    free(s);
+    g_autofree char *s = img_json_to_qemu_text(json);
+
+    fprintf(out, "%s\n", s);
 }
 
 FerryProgress *img_progress_new(bool enabled, FerryProgressMode mode,

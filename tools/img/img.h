@@ -29,6 +29,16 @@ typedef struct ImgCommand {
 
 int img_create(int argc, char **argv);
 int img_info(int argc, char **argv);
+int img_check(int argc, char **argv);
+int img_map(int argc, char **argv);
+int img_compare(int argc, char **argv);
+int img_resize(int argc, char **argv);
+int img_measure(int argc, char **argv);
+int img_commit(int argc, char **argv);
+int img_rebase(int argc, char **argv);
+int img_snapshot(int argc, char **argv);
+int img_bitmap(int argc, char **argv);
+int img_amend(int argc, char **argv);
 
 /* Print "ferry img: <message>" for err (and free it); returns IMG_EXIT_ERROR. */
 int img_fail(GError *err);
@@ -63,6 +73,31 @@ bool img_check_create_opts(const char *fmt, json_t *opts, GError **errp);
 
 /* Pretty JSON as qemu-img prints it (4-space indent), then a newline. */
 void img_print_json(FILE *out, json_t *json);
+
+/*
+ * json-out.c: a deep copy of json whose object keys are in the order QEMU's
+ * QDict iterates them, and the whole text as qemu-img prints it (key order,
+ * 4-space layout, escapes).  img_print_json prints the latter.
+ */
+json_t *img_json_qemu_order(json_t *json);
+char *img_json_to_qemu_text(json_t *json);
+
+/*
+ * chain.c: the node in bs's backing chain (below bs) that `name` names, as
+ * qemu-img's -b does: the name as written in the overlay's header, the
+ * node's filename, or the same file by path.  NULL if none.
+ */
+BlockNode *img_find_backing_image(BlockNode *bs, const char *name);
+
+/* qemu-caps.c: does QEMU 7.2's driver for fmt have this feature? */
+typedef enum {
+    IMG_QEMU_CHECK,
+    IMG_QEMU_SNAPSHOTS,
+    IMG_QEMU_BITMAPS,
+    IMG_QEMU_AMEND,
+    IMG_QEMU_BACKING,
+} ImgQemuFeature;
+bool img_qemu_format_has(const char *fmt, ImgQemuFeature feature);
 
 /* Human progress (-p) or JSON (--progress=json) from the common flags. */
 FerryProgress *img_progress_new(bool enabled, FerryProgressMode mode,

@@ -174,39 +174,6 @@ static void dump_value(GString *out, json_t *v, int indent)
     }
 }
 
-void img_print_snapshot_table(GString *out, json_t *snapshots)
-{
-    size_t i;
-    json_t *sn;
-
-    g_string_append_printf(out, "%-9s %-17s %8s %20s %13s %11s\n", "ID", "TAG",
-                           "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
-    json_array_foreach(snapshots, i, sn) {
-        time_t t = json_integer_value(json_object_get(sn, "date-sec"));
-        uint64_t clock_sec = json_integer_value(json_object_get(sn, "vm-clock-sec"));
-        uint64_t clock_nsec = json_integer_value(json_object_get(sn, "vm-clock-nsec"));
-        json_t *icount = json_object_get(sn, "icount");
-        g_autofree char *vmsize = ferry_size_to_str(
-            json_integer_value(json_object_get(sn, "vm-state-size")));
-        g_autofree char *ic = icount ? g_strdup_printf("%" JSON_INTEGER_FORMAT,
-                                                       json_integer_value(icount))
-                                     : g_strdup("");
-        char date[32];
-        struct tm tm;
-
-        localtime_r(&t, &tm);
-        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
-        g_string_append_printf(out, "%-9s %-17s %8s %20s %02u:%02u:%02u.%03u %11s\n",
-                               json_string_value(json_object_get(sn, "id")),
-                               json_string_value(json_object_get(sn, "name")),
-                               vmsize, date,
-                               (unsigned)(clock_sec / 3600),
-                               (unsigned)(clock_sec / 60 % 60),
-                               (unsigned)(clock_sec % 60),
-                               (unsigned)(clock_nsec / 1000000), ic);
-    }
-}
-
 static void print_human(json_t *info)
 {
     GString *out = g_string_new(NULL);
