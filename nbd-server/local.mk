@@ -8,3 +8,7 @@ libferry_a_SOURCES += \
 	nbd-server/server.c \
 	nbd-server/tls.c \
 	$(NULL)
+
+check_PROGRAMS += tests/unit/nbd-server/test-nbd-server
+TESTS += tests/unit/nbd-server/test-nbd-server
+tests_unit_nbd_server_test_nbd_server_LDADD = $(FERRY_LIBS)
