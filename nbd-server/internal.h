@@ -133,9 +133,12 @@
 #define NBD_MAX_OPTIONS             1024         /* per negotiation */
 #define NBD_MAX_META_QUERIES        128
 #define NBD_DEFAULT_WORKERS         16
+#define NBD_SLOW_REQUEST_NS         30000  /* slower: run more in parallel */
 #define NBD_BUF_HEADROOM            4096  /* room for a reply header */
 #define NBD_BUF_KEEP                (8u << 20)   /* worker buffers kept */
 #define NBD_RECV_BUF                (64 * 1024)
+#define NBD_OUTQ_BYTES              (128 * 1024) /* queued small replies */
+#define NBD_OUTQ_SMALL              (8 * 1024 + 64) /* largest one queued */
 
 /* -- records -------------------------------------------------------------- */
 
@@ -234,9 +237,14 @@ struct NbdClient {
     GMutex recv_lock;
     uint8_t *rbuf;                /* NBD_RECV_BUF bytes of read-ahead */
     size_t rpos, rlen;            /* unread bytes are rbuf[rpos..rlen) */
+    bool small_ahead;             /* large payloads lately: read ahead less */
 
-    /* send side */
-    GMutex send_lock;             /* one reply at a time on the wire */
+    /* send side: see "Sending replies" in request.c */
+    GMutex send_lock;             /* held by the thread writing the socket */
+    GMutex out_lock;              /* guards the queue below (briefly) */
+    uint8_t *outq[2];             /* NBD_OUTQ_BYTES each; double buffer */
+    int outq_cur;                 /* the buffer being appended to */
+    size_t outq_len;              /* bytes queued in outq[outq_cur] */
 
     /* negotiated: written during negotiation only, then read-only */
     NbdExport *exp;               /* holds a reference in transmission */
@@ -254,6 +262,7 @@ struct NbdClient {
     int nb_workers;               /* threads alive; atomic reads */
     int nb_busy;                  /* atomic: executing a request */
     int max_workers;
+    int64_t exec_ns;              /* atomic: moving average per request */
     bool dead;                    /* stop receiving; workers drain out */
     bool hangup;                  /* hard disconnect: no more replies */
 };
@@ -320,8 +329,9 @@ bool nbd_request_parse(const uint8_t *hdr, bool extended, NbdRequest *req);
 /* Check a request against what was negotiated (a pure function). */
 NbdReqVerdict nbd_request_check(const NbdTxInfo *tx, const NbdRequest *req,
                                 uint32_t *err, const char **why);
-/* The transmission phase: the body of every worker thread of c. */
-void nbd_client_work(NbdClient *c);
+/* The transmission phase: the body of every worker thread of c; the
+ * connection's first thread passes may_retire = false. */
+void nbd_client_work(NbdClient *c, bool may_retire);
 /* Send one chunk (structured/extended) or a simple reply with payload. */
 int nbd_send_chunk(NbdClient *c, const NbdRequest *req, uint16_t flags,
                    uint16_t type, struct iovec *payload, int npayload,

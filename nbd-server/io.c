@@ -37,8 +37,12 @@ static int wait_fd(NbdClient *c, short events)
     return ret == 0 ? -ETIMEDOUT : 0;
 }
 
-/* One read from the transport: > 0 bytes, 0 at EOF, or -errno. */
-static ssize_t recv_some(NbdClient *c, void *buf, size_t len)
+/*
+ * One read from the transport: > 0 bytes, 0 at EOF, or -errno.  With
+ * waitall (a payload we know is coming whole) the kernel gathers it
+ * before waking us, instead of once per arriving segment.
+ */
+static ssize_t recv_some(NbdClient *c, void *buf, size_t len, bool waitall)
 {
     for (;;) {
         ssize_t n;
@@ -55,7 +59,8 @@ static ssize_t recv_some(NbdClient *c, void *buf, size_t len)
             if (c->deadline_us && (ret = wait_fd(c, POLLIN)) < 0) {
                 return ret;
             }
-            n = recv(c->fd, buf, len, 0);
+            n = recv(c->fd, buf, len,
+                     waitall && !c->deadline_us ? MSG_WAITALL : 0);
             if (n >= 0) {
                 return n;
             }
@@ -73,10 +78,23 @@ static ssize_t recv_some(NbdClient *c, void *buf, size_t len)
     }
 }
 
+/*
+ * Read-ahead pays for a burst of headers and small writes (one recv for
+ * many requests) but costs a second copy of large payloads; so after a
+ * large payload the next refill reads ahead only a little.
+ */
+#define DIRECT_MIN      8192
+#define SMALL_AHEAD     4096
+
 int nbd_io_read(NbdClient *c, void *buf, size_t len)
 {
     uint8_t *p = buf;
 
+    if (len >= DIRECT_MIN) {
+        c->small_ahead = true;
+    } else if (len > 64) {
+        c->small_ahead = false;     /* small payloads: read ahead fully */
+    }
     while (len > 0) {
         ssize_t n;
 
@@ -84,11 +102,12 @@ int nbd_io_read(NbdClient *c, void *buf, size_t len)
             n = MIN(len, c->rlen - c->rpos);
             memcpy(p, c->rbuf + c->rpos, n);
             c->rpos += n;
-        } else if (len >= NBD_RECV_BUF / 2) {
+        } else if (len >= DIRECT_MIN) {
             /* A large payload goes straight to its buffer. */
-            n = recv_some(c, p, len);
+            n = recv_some(c, p, len, true);
         } else {
-            n = recv_some(c, c->rbuf, NBD_RECV_BUF);
+            n = recv_some(c, c->rbuf, c->small_ahead ? SMALL_AHEAD
+                                                     : NBD_RECV_BUF, false);
             if (n > 0) {
                 c->rpos = 0;
                 c->rlen = n;

@@ -216,7 +216,7 @@ static void *worker_thread(void *opaque)
 {
     NbdClient *c = opaque;
 
-    nbd_client_work(c);
+    nbd_client_work(c, true);
     g_mutex_lock(&c->state_lock);
     c->nb_workers--;
     g_cond_broadcast(&c->state_cond);
@@ -267,6 +267,9 @@ static NbdClient *client_new(NbdServer *srv, int fd)
     g_mutex_init(&c->ssl_lock);
     g_mutex_init(&c->recv_lock);
     g_mutex_init(&c->send_lock);
+    g_mutex_init(&c->out_lock);
+    c->outq[0] = g_malloc(NBD_OUTQ_BYTES);
+    c->outq[1] = g_malloc(NBD_OUTQ_BYTES);
     g_mutex_init(&c->state_lock);
     g_cond_init(&c->state_cond);
     /* Replies go out whole: Nagle would only delay them. */
@@ -300,6 +303,9 @@ static void client_free(NbdClient *c)
     g_mutex_clear(&c->ssl_lock);
     g_mutex_clear(&c->recv_lock);
     g_mutex_clear(&c->send_lock);
+    g_mutex_clear(&c->out_lock);
+    g_free(c->outq[0]);
+    g_free(c->outq[1]);
     g_mutex_clear(&c->state_lock);
     g_cond_clear(&c->state_cond);
     g_free(c->rbuf);
@@ -325,7 +331,7 @@ static void serve_client(NbdClient *c)
     c->nb_workers = 1;
     if (nbd_negotiate(c)) {
         c->deadline_us = 0;
-        nbd_client_work(c);
+        nbd_client_work(c, false);
     }
     g_mutex_lock(&c->state_lock);
     c->dead = true;
