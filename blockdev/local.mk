@@ -18,3 +18,6 @@ libferry_a_SOURCES += \
 	blockdev/jobs/mirror.c \
 	blockdev/jobs/backup.c \
 	$(NULL)
+if HAVE_LIBNBD
+libferry_a_SOURCES += blockdev/drivers/nbd.c
+endif

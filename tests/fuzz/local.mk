@@ -4,6 +4,8 @@
 FUZZ_HARNESSES = \
 	tests/fuzz/fuzz-opts \
 	tests/fuzz/fuzz-virtqueue \
+	tests/fuzz/fuzz-nbd-parse \
+	tests/fuzz/fuzz-nbd-session \
 	$(NULL)
 FUZZ_HARNESSES += tests/fuzz/fuzz-qmp
 
@@ -18,7 +20,7 @@ check_PROGRAMS += $(FUZZ_HARNESSES)
 TESTS += tests/fuzz/run-corpus.sh
 endif
 EXTRA_DIST += tests/fuzz/run-corpus.sh tests/fuzz/corpus tests/fuzz/README.md \
-	tests/fuzz/fuzz-main.c
+	tests/fuzz/fuzz-main.c tests/fuzz/gen-nbd-corpus.py
 
 tests_fuzz_fuzz_opts_SOURCES = tests/fuzz/fuzz-opts.c $(FUZZ_MAIN)
 tests_fuzz_fuzz_opts_CFLAGS = $(FUZZ_CFLAGS)
@@ -31,3 +33,10 @@ tests_fuzz_fuzz_qmp_LDADD = $(FERRY_LIBS)
 tests_fuzz_fuzz_virtqueue_SOURCES = tests/fuzz/fuzz-virtqueue.c $(FUZZ_MAIN)
 tests_fuzz_fuzz_virtqueue_CFLAGS = $(FUZZ_CFLAGS)
 tests_fuzz_fuzz_virtqueue_LDADD = $(FERRY_LIBS)
+
+tests_fuzz_fuzz_nbd_parse_SOURCES = tests/fuzz/fuzz-nbd-parse.c $(FUZZ_MAIN)
+tests_fuzz_fuzz_nbd_parse_CFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_fuzz_nbd_parse_LDADD = $(FERRY_LIBS)
+tests_fuzz_fuzz_nbd_session_SOURCES = tests/fuzz/fuzz-nbd-session.c $(FUZZ_MAIN)
+tests_fuzz_fuzz_nbd_session_CFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_fuzz_nbd_session_LDADD = $(FERRY_LIBS)
