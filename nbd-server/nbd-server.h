@@ -64,6 +64,14 @@ NbdServer *nbd_server_new(const NbdServerConfig *cfg);
 /* Add an export (the server takes the reference); names must be unique. */
 bool nbd_server_add_export(NbdServer *srv, NbdExport *exp, GError **errp);
 
+/*
+ * Remove the export called name (QMP nbd-server-remove/block-export-del):
+ * refused while clients use it, unless hard, which disconnects them.
+ * Clients still connected keep their reference until they leave.
+ */
+bool nbd_server_remove_export(NbdServer *srv, const char *name, bool hard,
+                              GError **errp);
+
 /* Listeners: add any number before nbd_server_run(). */
 bool nbd_server_listen_tcp(NbdServer *srv, const char *host, const char *port,
                            GError **errp);

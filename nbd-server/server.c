@@ -383,6 +383,46 @@ bool nbd_server_add_export(NbdServer *srv, NbdExport *exp, GError **errp)
     return true;
 }
 
+bool nbd_server_remove_export(NbdServer *srv, const char *name, bool hard,
+                              GError **errp)
+{
+    NbdExport *exp = NULL;
+    unsigned users = 0;
+
+    g_mutex_lock(&srv->lock);
+    for (guint i = 0; i < srv->exports->len && !exp; i++) {
+        NbdExport *e = srv->exports->pdata[i];
+        if (!strcmp(e->name, name)) {
+            exp = e;
+        }
+    }
+    for (GList *l = srv->clients; l && exp; l = l->next) {
+        NbdClient *c = l->data;
+        if (c->exp == exp) {
+            users++;
+            if (hard) {
+                shutdown(c->fd, SHUT_RDWR);
+            }
+        }
+    }
+    if (exp && (hard || !users)) {
+        g_ptr_array_remove(srv->exports, exp);   /* drops our reference */
+    }
+    g_mutex_unlock(&srv->lock);
+    if (!exp) {
+        ferry_error_set(errp, FERRY_ERROR_NOT_FOUND,
+                        "export '%s' not found", name);
+        return false;
+    }
+    if (users && !hard) {
+        ferry_error_set(errp, FERRY_ERROR_LOCKED,
+                        "export '%s' has %u client%s connected", name, users,
+                        users == 1 ? "" : "s");
+        return false;
+    }
+    return true;
+}
+
 bool nbd_server_listen_fd(NbdServer *srv, int fd, GError **errp)
 {
     int flags = fcntl(fd, F_GETFL);

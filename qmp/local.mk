@@ -8,4 +8,5 @@ libferry_a_SOURCES += \
 	qmp/block-cmds.c \
 	qmp/bitmap-cmds.c \
 	qmp/job-cmds.c \
+	qmp/nbd-cmds.c \
 	$(NULL)

@@ -324,16 +324,33 @@ static bool mirror_prepare(BlockJob *job, GError **errp)
     block_node_ref(dst);
     job_node_detach(&m->target);
     if (m->is_commit) {
-        /* the top leaves the graph: its edge to base must not veto */
-        block_node_ref(src);
-        if (src->backing && src->backing->node == dst) {
-            block_node_detach_child(src, src->backing);
+        /*
+         * The top and the images between it and base leave the graph: their
+         * backing edges (read-only users of base) must not veto the move.
+         */
+        g_autoptr(GPtrArray) chain = g_ptr_array_new();
+        for (BlockNode *n = src; n && n != dst;
+             n = n->backing ? n->backing->node : NULL) {
+            block_node_ref(n);
+            g_ptr_array_add(chain, n);
+        }
+        for (guint i = 0; i < chain->len; i++) {
+            BlockNode *n = chain->pdata[i];
+            if (n->backing) {
+                block_node_detach_child(n, n->backing);
+            }
         }
         ok = block_node_replace(src, dst, &m->source.user, errp);
-        if (!ok) {
-            block_node_set_backing(src, dst, NULL);
+        for (guint i = chain->len; i-- > 0;) {
+            BlockNode *n = chain->pdata[i];
+            if (!ok) {
+                block_node_set_backing(n, i + 1 < chain->len
+                                       ? chain->pdata[i + 1] : dst, NULL);
+            }
         }
-        block_node_unref(src);
+        for (guint i = 0; i < chain->len; i++) {
+            block_node_unref(chain->pdata[i]);
+        }
     } else {
         ok = block_node_replace(src, dst, &m->source.user, errp);
     }

@@ -27,6 +27,8 @@
 #include "nbd-server/nbd-server.h"
 #include "tools/ferry.h"
 #include "tools/img/img.h"
+#include "qmp/commands.h"
+#include "tools/qmp/qmp-tool.h"
 
 enum {
     OPT_FORK = 0x200,
@@ -43,6 +45,7 @@ enum {
     OPT_HANDSHAKE_LIMIT,
     OPT_X_WORKERS,
     OPT_X_CREATE_BITMAP,
+    OPT_QMP,
 };
 
 static const struct option long_opts[] = {
@@ -78,6 +81,7 @@ static const struct option long_opts[] = {
     { "handshake-limit", required_argument, NULL, OPT_HANDSHAKE_LIMIT },
     { "x-workers", required_argument, NULL, OPT_X_WORKERS },
     { "x-create-bitmap", required_argument, NULL, OPT_X_CREATE_BITMAP },
+    { "qmp", required_argument, NULL, OPT_QMP },
     { NULL, 0, NULL, 0 },
 };
 
@@ -122,6 +126,8 @@ static void usage(FILE *out)
 "      --discard=MODE        ignore (default) or unmap\n"
 "      --detect-zeroes=MODE  off (default), on, unmap\n"
 "  -v, --verbose             log clients coming and going\n"
+"      --qmp=ADDR            QMP on unix:PATH[,server] or tcp:HOST:PORT;\n"
+"                            without FILE, a storage daemon QMP configures\n"
 "Environment: FERRY_TRACE=nbd traces every request.\n");
 }
 
@@ -190,6 +196,7 @@ typedef struct NbdArgs {
     const char *pid_file, *cache, *discard, *detect_zeroes;
     const char *tls_cert, *tls_key, *tls_ca, *tls_psk;
     GPtrArray *bitmaps, *create_bitmaps;
+    GPtrArray *qmp;               /* --qmp addresses (tools/qmp/daemon.c) */
     uint64_t offset;
     bool has_offset, persistent, readonly, image_opts, fork, allocation_depth;
     int shared, handshake_limit, workers;
@@ -292,9 +299,13 @@ static int parse_args(int argc, char **argv, NbdArgs *a)
         case OPT_X_CREATE_BITMAP:
             g_ptr_array_add(a->create_bitmaps, optarg);
             break;
+        case OPT_QMP: g_ptr_array_add(a->qmp, optarg); break;
         default:
             return usage_error("unknown option");
         }
+    }
+    if (optind == argc && a->qmp->len) {
+        return -1;      /* storage daemon: QMP alone configures it */
     }
     if (optind != argc - 1) {
         return usage_error(optind >= argc ? "missing the image to export"
@@ -459,6 +470,7 @@ int nbd_main(int argc, char **argv)
     NbdArgs a = {
         .bitmaps = g_ptr_array_new(),
         .create_bitmaps = g_ptr_array_new(),
+        .qmp = g_ptr_array_new(),
     };
     NbdExportConfig ecfg = { 0 };
     NbdServerConfig scfg = { 0 };
@@ -466,6 +478,7 @@ int nbd_main(int argc, char **argv)
     BlockBackend *blk;
     NbdExport *exp;
     NbdServer *srv;
+    g_autofree char *node_name = NULL;
     int ret;
 
     ferry_log_init("ferry nbd");
@@ -479,6 +492,10 @@ int nbd_main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
+    if (a.qmp->len && optind == argc) {
+        g_ptr_array_add(a.qmp, NULL);
+        return qmp_daemon_run((const char *const *)a.qmp->pdata);
+    }
 
     if (a.tls_psk) {
         scfg.tls = nbd_tls_new_psk(a.tls_psk, &err);
@@ -504,6 +521,7 @@ int nbd_main(int argc, char **argv)
     ecfg.readonly = a.readonly;
     ecfg.allocation_depth = a.allocation_depth;
     ecfg.bitmaps = (const char *const *)a.bitmaps->pdata;
+    node_name = g_strdup(blk_node(blk)->node_name);
     exp = nbd_export_new(blk, &ecfg, &err);
     if (!exp) {
         blk_unref(blk);
@@ -512,7 +530,7 @@ int nbd_main(int argc, char **argv)
     }
 
     scfg.max_connections = a.shared;
-    scfg.persistent = a.persistent;
+    scfg.persistent = a.persistent || a.qmp->len;
     scfg.handshake_limit_ms = a.handshake_limit * 1000;
     scfg.max_workers = a.workers;
     srv = nbd_server_new(&scfg);
@@ -531,6 +549,13 @@ int nbd_main(int argc, char **argv)
         return fail(err);
     }
 
+    if (a.qmp->len) {
+        /* the command line's export, then QMP on the main loop */
+        qmp_nbd_adopt_server(srv);
+        qmp_nbd_note_export(ecfg.name, ecfg.name, node_name);
+        g_ptr_array_add(a.qmp, NULL);
+        return qmp_daemon_run((const char *const *)a.qmp->pdata);
+    }
     the_server = srv;
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
