@@ -17,3 +17,16 @@ tests_unit_blockdev_test_graph_LDADD = $(FERRY_LIBS)
 check_PROGRAMS += tests/unit/blockdev/test-job
 TESTS += tests/unit/blockdev/test-job
 tests_unit_blockdev_test_job_LDADD = $(FERRY_LIBS)
+
+# ferry img convert's pure logic (chunking, zero detection)
+UNIT_TESTS += tests/unit/tools/test-convert-plan
+tests_unit_tools_test_convert_plan_SOURCES = \
+	tests/unit/tools/test-convert-plan.c \
+	tools/img/convert-plan.c tools/img/convert-plan.h \
+	$(NULL)
+tests_unit_tools_test_convert_plan_LDADD = $(FERRY_LIBS)
+
+# The QMP input path: stream splitter and dispatcher (tests/unit/qmp/).
+check_PROGRAMS += tests/unit/qmp/test-qmp
+TESTS += tests/unit/qmp/test-qmp
+tests_unit_qmp_test_qmp_LDADD = $(FERRY_LIBS)

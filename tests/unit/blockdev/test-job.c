@@ -266,6 +266,45 @@ static void test_stream_under_writes_keeps_guest_data(void)
     g_free(w);
 }
 
+/* base <- mid <- top, writers on top: active commit pivots them to base. */
+static void test_active_commit_under_writes_pivots_to_base(void)
+{
+    g_autofree char *base = make_qcow2("c-base.qcow2", NULL);
+    g_autofree char *mid = NULL, *top = NULL;
+    Writers *w = g_new0(Writers, 1);
+    BlockJobCommon c = common("commit0");
+    GError *err = NULL;
+    BlockNode *base_node;
+    BlockJob *job;
+
+    {
+        g_autoptr(BlockBackend) b = blk_open(base, "qcow2", NULL, BLOCK_O_RDWR,
+                                             &err);
+        g_assert_no_error(err);
+        fill_initial(b, w->shadow);
+    }
+    mid = make_qcow2("c-mid.qcow2", base);
+    top = make_qcow2("c-top.qcow2", mid);
+    w->blk = blk_open(top, "qcow2", NULL, BLOCK_O_RDWR, &err);
+    g_assert_no_error(err);
+    base_node = blk_node(w->blk)->backing->node->backing->node;
+    block_node_ref(base_node);
+    writers_start(w);
+    job = block_commit_start(&c, blk_node(w->blk), base_node, NULL, &err);
+    g_assert_no_error(err);
+    wait_ready(job);
+    g_assert_true(block_job_user_complete(job, &err));
+    g_assert_cmpint(finish(job), ==, 0);
+    g_usleep(50 * 1000);
+    writers_stop(w);
+    g_assert_true(blk_node(w->blk) == base_node);
+    g_assert_null(base_node->backing);
+    assert_content(base_node, w->shadow);
+    blk_unref(w->blk);
+    block_node_unref(base_node);
+    g_free(w);
+}
+
 static void test_verbs_follow_the_state_table(void)
 {
     g_autofree char *src = make_qcow2("v-src.qcow2", NULL);
@@ -318,6 +357,8 @@ int main(int argc, char **argv)
                     test_backup_is_point_in_time_under_writes);
     g_test_add_func("/blockdev/job/stream-under-writes-keeps-guest-data",
                     test_stream_under_writes_keeps_guest_data);
+    g_test_add_func("/blockdev/job/active-commit-under-writes-pivots-to-base",
+                    test_active_commit_under_writes_pivots_to_base);
     g_test_add_func("/blockdev/job/verbs-follow-the-state-table",
                     test_verbs_follow_the_state_table);
     ret = g_test_run();
