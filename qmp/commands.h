@@ -27,6 +27,8 @@ void qmp_nbd_note_export(const char *id, const char *name,
                          const char *node_name);
 /* Stop the NBD server and drop its exports. */
 void qmp_nbd_commands_shutdown(void);
+/* transaction.c: transaction (abort, block-dirty-bitmap-*, blockdev-backup) */
+void qmp_register_transaction_command(void);
 
 /* Close what the commands opened (nodes added by blockdev-add, jobs). */
 void qmp_block_commands_shutdown(void);

@@ -181,6 +181,30 @@ static bool check_args(Command *c, json_t *args, GError **errp)
     return true;
 }
 
+json_t *qmp_call(const char *name, json_t *args, GError **errp)
+{
+    Command *c = commands ? g_hash_table_lookup(commands, name) : NULL;
+    g_autoptr(json_t) empty = json_object();
+
+    if (!c) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_COMMAND_NOT_FOUND,
+                    "The command %s has not been found", name);
+        return NULL;
+    }
+    if (!args) {
+        args = empty;
+    }
+    if (!json_is_object(args)) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Invalid parameter type for 'data', expected: object");
+        return NULL;
+    }
+    if (!check_args(c, args, errp)) {
+        return NULL;
+    }
+    return c->cmd.fn(args, errp);
+}
+
 json_t *qmp_error_response(QmpErrorClass cls, const char *desc)
 {
     return json_pack("{s:{s:s,s:s}}", "error", "class",
@@ -364,12 +388,128 @@ static json_t *cmd_quit(json_t *args, GError **errp)
     return json_object();
 }
 
+/* -- introspection ---------------------------------------------------------- */
+
+/*
+ * Events ferry emits, with their members in the same notation as a
+ * command's (query-qmp-schema lists them).
+ */
+static const struct {
+    const char *name;
+    const char *args;
+} events[] = {
+    { "JOB_STATUS_CHANGE", "id:str status:str" },
+    { "BLOCK_JOB_COMPLETED", "type:str device:str len:int offset:int "
+      "speed:int error:str?" },
+    { "BLOCK_JOB_CANCELLED", "type:str device:str len:int offset:int "
+      "speed:int" },
+    { "BLOCK_JOB_READY", "type:str device:str len:int offset:int speed:int" },
+    { "BLOCK_JOB_ERROR", "device:str operation:str action:str" },
+    { "BLOCK_JOB_PENDING", "type:str id:str" },
+    { "BLOCK_EXPORT_DELETED", "id:str" },
+};
+
+/* The schema name of an argument type: QEMU's builtin names. */
+static const char *schema_type(ArgType t)
+{
+    static const char *const names[] = {
+        "str", "int", "bool", "number", "any", "any", "any",
+    };
+    return names[t];
+}
+
+/*
+ * An object type for a member list, named by number as QEMU masks its
+ * internal names; "0" is the empty object.  Returns its name.
+ */
+static const char *schema_object(json_t *schema, GHashTable *seen,
+                                 GArray *args, unsigned *next)
+{
+    g_autoptr(GString) key = g_string_new(NULL);
+    const char *name;
+    json_t *members;
+
+    for (guint i = 0; args && i < args->len; i++) {
+        ArgSpec *a = &g_array_index(args, ArgSpec, i);
+        g_string_append_printf(key, "%s:%d:%d ", a->name, a->type,
+                               a->optional);
+    }
+    name = g_hash_table_lookup(seen, key->str);
+    if (name) {
+        return name;
+    }
+    name = g_strdup_printf("%u", (*next)++);
+    g_hash_table_insert(seen, g_strdup(key->str), (char *)name);
+    members = json_array();
+    for (guint i = 0; args && i < args->len; i++) {
+        ArgSpec *a = &g_array_index(args, ArgSpec, i);
+        json_t *m = json_pack("{s:s,s:s}", "name", a->name, "type",
+                              schema_type(a->type));
+        if (a->optional) {
+            json_object_set_new(m, "default", json_null());
+        }
+        json_array_append_new(members, m);
+    }
+    json_array_append_new(schema, json_pack("{s:s,s:s,s:o}", "name", name,
+                                            "meta-type", "object", "members",
+                                            members));
+    return name;
+}
+
+static json_t *cmd_query_qmp_schema(json_t *args, GError **errp)
+{
+    g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash,
+                                                       g_str_equal, g_free,
+                                                       g_free);
+    g_autoptr(GPtrArray) names = qmp_command_names();
+    json_t *schema = json_array();
+    unsigned next = 0;
+
+    for (guint i = 0; i < names->len; i++) {
+        Command *c = g_hash_table_lookup(commands, names->pdata[i]);
+        g_autoptr(GArray) none = g_array_new(FALSE, TRUE, sizeof(ArgSpec));
+        const char *arg_type = schema_object(schema, seen,
+                                             c->args ? c->args : none, &next);
+        json_array_append_new(schema, json_pack(
+            "{s:s,s:s,s:s,s:s}", "name", c->cmd.name, "meta-type", "command",
+            "arg-type", arg_type, "ret-type", "any"));
+    }
+    for (size_t i = 0; i < G_N_ELEMENTS(events); i++) {
+        GArray *a = parse_spec(events[i].args);
+        const char *arg_type = schema_object(schema, seen, a, &next);
+        json_array_append_new(schema, json_pack(
+            "{s:s,s:s,s:s}", "name", events[i].name, "meta-type", "event",
+            "arg-type", arg_type));
+        for (guint k = 0; k < a->len; k++) {
+            g_free(g_array_index(a, ArgSpec, k).name);
+        }
+        g_array_free(a, TRUE);
+    }
+    json_array_append_new(schema, json_pack("{s:s,s:s,s:s}", "name", "str",
+                                            "meta-type", "builtin",
+                                            "json-type", "string"));
+    json_array_append_new(schema, json_pack("{s:s,s:s,s:s}", "name", "int",
+                                            "meta-type", "builtin",
+                                            "json-type", "int"));
+    json_array_append_new(schema, json_pack("{s:s,s:s,s:s}", "name", "bool",
+                                            "meta-type", "builtin",
+                                            "json-type", "boolean"));
+    json_array_append_new(schema, json_pack("{s:s,s:s,s:s}", "name", "number",
+                                            "meta-type", "builtin",
+                                            "json-type", "number"));
+    json_array_append_new(schema, json_pack("{s:s,s:s,s:s}", "name", "any",
+                                            "meta-type", "builtin",
+                                            "json-type", "value"));
+    return schema;
+}
+
 void qmp_register_core_commands(void)
 {
     static const QmpCommand cmds[] = {
         { "qmp_capabilities", "enable:array?", cmd_qmp_capabilities },
         { "query-version", "", cmd_query_version },
         { "query-commands", "", cmd_query_commands },
+        { "query-qmp-schema", "", cmd_query_qmp_schema },
         { "quit", "", cmd_quit },
     };
     qmp_register_commands(cmds, G_N_ELEMENTS(cmds));

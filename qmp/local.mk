@@ -9,4 +9,5 @@ libferry_a_SOURCES += \
 	qmp/bitmap-cmds.c \
 	qmp/job-cmds.c \
 	qmp/nbd-cmds.c \
+	qmp/transaction.c \
 	$(NULL)

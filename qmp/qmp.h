@@ -77,6 +77,9 @@ typedef struct QmpSession {
 } QmpSession;
 
 json_t *qmp_dispatch(QmpSession *s, json_t *request);
+/* Run a registered command as dispatch would (argument checks included):
+ * its result, or NULL with errp set.  For transaction. */
+json_t *qmp_call(const char *name, json_t *args, GError **errp);
 /* The response for input that did not parse (no id can be echoed). */
 json_t *qmp_error_response(QmpErrorClass cls, const char *desc);
 

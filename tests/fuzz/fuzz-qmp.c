@@ -2,7 +2,8 @@
  * libFuzzer harness: the QMP input path.  Bytes go through the incremental
  * JSON stream splitter (size and depth limits, control-character resets)
  * and every value through the dispatcher's envelope and argument checks
- * into real handlers (core and dirty-bitmap commands on a null-co node).
+ * into real handlers (core, dirty-bitmap and transaction commands on a
+ * null-co node).
  * Commands that open files (blockdev-add) are not registered here.
  */
 #include "config.h"
@@ -44,6 +45,7 @@ static void init_once(void)
     }
     qmp_register_core_commands();
     qmp_register_bitmap_commands();
+    qmp_register_transaction_command();
     disk = blk_open("json:{\"driver\":\"null-co\",\"size\":1048576,"
                     "\"node-name\":\"n0\"}", NULL, NULL, BLOCK_O_RDWR, &err);
     g_assert_no_error(err);

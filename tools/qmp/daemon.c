@@ -33,6 +33,7 @@ int qmp_daemon_run(const char *const *addrs)
     qmp_register_bitmap_commands();
     qmp_register_job_commands();
     qmp_register_nbd_commands();
+    qmp_register_transaction_command();
     for (const char *const *a = addrs; *a; a++) {
         if (!qmp_server_listen(srv, *a, &err)) {
             fprintf(stderr, "ferry: %s\n", err->message);

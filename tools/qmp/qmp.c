@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <netdb.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -99,22 +100,22 @@ static json_t *client_recv(Client *c)
 
 static bool client_send(Client *c, json_t *msg)
 {
-    char *text = json_dumps(msg, JSON_COMPACT);
+    char *dump = json_dumps(msg, JSON_COMPACT);
+    g_autofree char *text = g_strconcat(dump, "\n", NULL);
     size_t len = strlen(text), off = 0;
 
+    free(dump);
     while (off < len) {
         ssize_t n = write(c->fd, text + off, len - off);
         if (n < 0 && errno == EINTR) {
             continue;
         }
         if (n <= 0) {
-            free(text);
             return false;
         }
         off += n;
     }
-    free(text);
-    return write(c->fd, "\n", 1) == 1;
+    return true;
 }
 
 static void print_json(Client *c, json_t *v)
@@ -250,6 +251,68 @@ static void usage(FILE *out)
         "configured through QMP alone.\n");
 }
 
+static int run_events(Client *c, long count, long timeout)
+{
+    json_t *m;
+
+    if (timeout > 0) {
+        alarm((unsigned)timeout);
+    }
+    while (count != 0 && (m = client_recv(c))) {
+        if (json_object_get(m, "event")) {
+            print_json(c, m);
+            if (count > 0) {
+                count--;
+            }
+        }
+        json_decref(m);
+    }
+    return 0;
+}
+
+static int run_shell(Client *c)
+{
+    char line[1 << 16];
+    bool tty = isatty(0);
+
+    for (;;) {
+        if (tty) {
+            fputs("(ferry-qmp) ", stdout);
+            fflush(stdout);
+        }
+        if (!fgets(line, sizeof(line), stdin)) {
+            return 0;
+        }
+        if (shell_line(c, line) < 0) {
+            fprintf(stderr, "ferry qmp: connection closed\n");
+            return 1;
+        }
+    }
+}
+
+/* COMMAND [JSON-ARGS]: print the reply; 1 if it is an error. */
+static int run_command(Client *c, const char *cmd, const char *json_args)
+{
+    g_autoptr(json_t) args = NULL, reply = NULL;
+    json_error_t jerr;
+
+    if (json_args) {
+        args = json_loads(json_args, 0, &jerr);
+        if (!json_is_object(args)) {
+            fprintf(stderr, "ferry qmp: arguments must be a JSON object: "
+                    "%s\n", args ? "not an object" : jerr.text);
+            return 1;
+        }
+    }
+    reply = client_execute(c, cmd, args, false);
+    if (!reply) {
+        fprintf(stderr, "ferry qmp: connection closed before a reply\n");
+        return 1;
+    }
+    print_json(c, reply);
+    return json_object_get(reply, "error") ? 1 : 0;
+}
+
 int qmp_main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -263,12 +326,15 @@ int qmp_main(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     g_autoptr(GPtrArray) serve = g_ptr_array_new();
+    g_autoptr(GPtrArray) rest = g_ptr_array_new();
     bool events = false, shell = false, pretty = false;
     long count = -1, timeout = 0;
     Client c;
-    int opt, rc = 0;
+    int opt, rc;
 
-    while ((opt = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
+    signal(SIGPIPE, SIG_IGN);       /* a server that quits is an error */
+    /* GNU getopt permutes, so options may also follow SOCKET */
+    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'h': usage(stdout); return 0;
         case 'e': events = true; break;
@@ -284,87 +350,26 @@ int qmp_main(int argc, char **argv)
         g_ptr_array_add(serve, NULL);
         return qmp_daemon_run((const char *const *)serve->pdata);
     }
-    if (optind >= argc) {
+    for (int i = optind + 1; i < argc; i++) {
+        g_ptr_array_add(rest, argv[i]);
+    }
+    if (optind >= argc || (!events && !shell &&
+                           (rest->len < 1 || rest->len > 2))) {
         usage(stderr);
         return 1;
     }
-    /* Options may also follow SOCKET: ferry qmp SOCK --events */
-    {
-        const char *sock = argv[optind++];
-        int i;
-        GPtrArray *rest = g_ptr_array_new();
-        for (i = optind; i < argc; i++) {
-            if (!strcmp(argv[i], "--events")) {
-                events = true;
-            } else if (!strcmp(argv[i], "--shell")) {
-                shell = true;
-            } else if (!strcmp(argv[i], "--pretty")) {
-                pretty = true;
-            } else if (!strcmp(argv[i], "--count") && i + 1 < argc) {
-                count = strtol(argv[++i], NULL, 10);
-            } else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
-                timeout = strtol(argv[++i], NULL, 10);
-            } else {
-                g_ptr_array_add(rest, argv[i]);
-            }
-        }
-        if (!client_open(&c, sock)) {
-            client_close(&c);
-            g_ptr_array_free(rest, TRUE);
-            return 1;
-        }
-        c.pretty = pretty;
-        if (events) {
-            json_t *m;
-            if (timeout > 0) {
-                alarm((unsigned)timeout);
-            }
-            while (count != 0 && (m = client_recv(&c))) {
-                if (json_object_get(m, "event")) {
-                    print_json(&c, m);
-                    if (count > 0) {
-                        count--;
-                    }
-                }
-                json_decref(m);
-            }
-        } else if (shell) {
-            char line[1 << 16];
-            bool tty = isatty(0);
-            while ((!tty || (fputs("(ferry-qmp) ", stdout), fflush(stdout), 1)) &&
-                   fgets(line, sizeof(line), stdin)) {
-                if (shell_line(&c, line) < 0) {
-                    fprintf(stderr, "ferry qmp: connection closed\n");
-                    rc = 1;
-                    break;
-                }
-            }
-        } else if (rest->len < 1 || rest->len > 2) {
-            usage(stderr);
-            rc = 1;
-        } else {
-            g_autoptr(json_t) args = NULL, reply = NULL;
-            json_error_t jerr;
-            if (rest->len == 2) {
-                args = json_loads(rest->pdata[1], 0, &jerr);
-                if (!json_is_object(args)) {
-                    fprintf(stderr, "ferry qmp: arguments must be a JSON "
-                            "object: %s\n", args ? "not an object" : jerr.text);
-                    client_close(&c);
-                    g_ptr_array_free(rest, TRUE);
-                    return 1;
-                }
-            }
-            reply = client_execute(&c, rest->pdata[0], args, false);
-            if (!reply) {
-                fprintf(stderr, "ferry qmp: connection closed before a reply\n");
-                rc = 1;
-            } else {
-                print_json(&c, reply);
-                rc = json_object_get(reply, "error") ? 1 : 0;
-            }
-        }
-        g_ptr_array_free(rest, TRUE);
+    if (!client_open(&c, argv[optind])) {
+        client_close(&c);
+        return 1;
+    }
+    c.pretty = pretty;
+    if (events) {
+        rc = run_events(&c, count, timeout);
+    } else if (shell) {
+        rc = run_shell(&c);
+    } else {
+        rc = run_command(&c, rest->pdata[0],
+                         rest->len > 1 ? rest->pdata[1] : NULL);
     }
     client_close(&c);
     return rc;

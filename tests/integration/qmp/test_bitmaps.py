@@ -1,10 +1,12 @@
 """Dirty bitmaps over QMP: add/remove/clear/enable/disable/merge, counts
 marked by writes (here, a job's writes into the node), and an incremental
 backup driven by a bitmap; each against ferry and qemu-storage-daemon."""
+import json
+
 import pytest
 
 from jobutil import MiB, add_qcow2, chain, check, compare, finish_job, qcow2, sh
-from qmpclient import QmpError, any_daemon, both, shape  # noqa: F401
+from qmpclient import QmpError, any_daemon, both, shape, start  # noqa: F401
 
 DATA = 2 * MiB    # bytes of mid (chain() in jobutil) that commit writes
 
@@ -134,18 +136,72 @@ def test_busy_bitmap_cannot_be_removed(any_daemon, tmp_path):
 
 
 def test_persistent_bitmap_survives_restart(any_daemon, tmp_path):
+    """A persistent bitmap marked by a commit into its node is in the qcow2
+    file after the daemon quits (qemu-img info lists it, check passes) and
+    comes back, with its bits, in a new daemon."""
     q = any_daemon.qmp
-    path = qcow2(tmp_path / "p.qcow2", 16 * MiB)
-    add_qcow2(q, "p", path)
+    base, mid, top = chain(tmp_path)
+    add_qcow2(q, "p", base)
+    add_qcow2(q, "m", mid, backing="p")
     r = q.execute("block-dirty-bitmap-add",
                   {"node": "p", "name": "keep", "persistent": True})
     if "error" in r and "Cannot store dirty bitmaps" in r["error"]["desc"]:
-        pytest.skip("this build's qcow2 driver stores no bitmaps yet "
-                    "(branch qcow2b): %s" % r["error"]["desc"])
+        pytest.skip("this build's qcow2 driver stores no bitmaps: %s" %
+                    r["error"]["desc"])
     assert "return" in r
-    q.cmd("blockdev-del", node_name="p")
-    info = sh("qemu-img", "info", path)
-    assert "keep" in info
-    add_qcow2(q, "p", path)
-    b = bitmap(q, "p", "keep")
-    assert b and b["persistent"] is True and b["recording"] is True
+    q.cmd("block-commit", device="m", top_node="m", base_node="p",
+          job_id="c")
+    q.get_event("BLOCK_JOB_READY", match={"device": "c"})
+    q.cmd("job-complete", id="c")
+    assert "error" not in finish_job(q, "c")["data"]
+    assert bitmap(q, "p", "keep")["count"] == DATA
+    any_daemon.stop()
+    info = json.loads(sh("qemu-img", "info", "--output=json", base))
+    bms = info["format-specific"]["data"]["bitmaps"]
+    assert [b["name"] for b in bms] == ["keep"]
+    sh("qemu-img", "check", base)
+    again = start(any_daemon.kind, tmp_path)
+    try:
+        add_qcow2(again.qmp, "p", base)
+        b = bitmap(again.qmp, "p", "keep")
+        assert b["persistent"] is True and b["recording"] is True
+        assert b["count"] == DATA
+    finally:
+        again.stop()
+
+
+def test_transaction_bitmap_and_full_backup(any_daemon, tmp_path):
+    """libvirt's incremental backup start: a new bitmap and a full backup in
+    one transaction; then an abort and a failing action undo everything."""
+    q = any_daemon.qmp
+    base, mid, top = chain(tmp_path)
+    add_qcow2(q, "d", top)
+    full = qcow2(tmp_path / "full.qcow2", 16 * MiB)
+    add_qcow2(q, "full", full)
+    q.cmd("transaction", actions=[
+        {"type": "block-dirty-bitmap-add",
+         "data": {"node": "d", "name": "inc"}},
+        {"type": "blockdev-backup",
+         "data": {"device": "d", "target": "full", "sync": "full",
+                  "job-id": "t"}}])
+    assert "error" not in finish_job(q, "t")["data"]
+    assert bitmap(q, "d", "inc")["count"] == 0
+    q.cmd("block-dirty-bitmap-add", node="d", name="old", disabled=True)
+    r = q.execute("transaction", {"actions": [
+        {"type": "block-dirty-bitmap-add", "data": {"node": "d", "name": "x"}},
+        {"type": "block-dirty-bitmap-enable",
+         "data": {"node": "d", "name": "old"}},
+        {"type": "abort", "data": {}}]})
+    assert r["error"] == {"class": "GenericError",
+                          "desc": "Transaction aborted using Abort action"}
+    assert bitmap(q, "d", "x") is None
+    assert bitmap(q, "d", "old")["recording"] is False
+    r = q.execute("transaction", {"actions": [
+        {"type": "block-dirty-bitmap-remove",
+         "data": {"node": "d", "name": "old"}},
+        {"type": "blockdev-backup",
+         "data": {"device": "d", "target": "nope", "sync": "full"}}]})
+    assert r["error"]["class"] == "GenericError"
+    assert bitmap(q, "d", "old") is not None
+    any_daemon.stop()
+    compare(full, top)

@@ -285,3 +285,31 @@ def test_bad_listen_address_is_one_line_error(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "unix:PATH or tcp:HOST:PORT" in r.stderr
+
+
+def test_qmp_schema_describes_commands_and_events(both):
+    """Tools probe query-qmp-schema for members: every command ferry serves
+    is there with its members, and entries have QEMU's shape."""
+    f, q = both
+    schema = f.qmp.cmd("query-qmp-schema")
+    by_name = {e["name"]: e for e in schema}
+    names = {c["name"] for c in f.qmp.cmd("query-commands")}
+    for n in names:
+        e = by_name[n]
+        assert e["meta-type"] == "command"
+        assert by_name[e["arg-type"]]["meta-type"] == "object"
+    stream_args = {m["name"]: m for m in
+                   by_name[by_name["block-stream"]["arg-type"]]["members"]}
+    assert stream_args["device"]["type"] == "str"
+    assert "default" not in stream_args["device"]
+    assert stream_args["speed"] == {"name": "speed", "type": "int",
+                                    "default": None}
+    assert by_name["JOB_STATUS_CHANGE"]["meta-type"] == "event"
+    qsd = {e["name"]: e for e in q.qmp.cmd("query-qmp-schema")}
+    for meta in ("command", "object", "event", "builtin"):
+        ours = [e for e in schema if e["meta-type"] == meta][0]
+        theirs = [e for e in qsd.values() if e["meta-type"] == meta and
+                  set(e) == set(ours)]
+        assert theirs, meta
+    for n in ("block-stream", "blockdev-mirror", "JOB_STATUS_CHANGE"):
+        assert n in qsd
