@@ -285,3 +285,49 @@ def test_incremental_backup_through_nbd(any_daemon, tmp_path):
     assert open(current, "rb").read() == bytes(expect)
     compare(restore, current)
     any_daemon.stop()
+
+
+def test_ferry_nbd_qmp_modes(tmp_path):
+    """`ferry nbd --qmp ADDR` without an image is the storage daemon; with
+    an image, its export is listed and QMP can add more."""
+    from conftest import ferry_path
+    from qmpclient import Qmp
+    need("nbdinfo")
+    img = qcow2(tmp_path / "i.qcow2", SIZE, writes=[(0x61, 0, MiB)])
+    for with_image in (False, True):
+        qsock = str(tmp_path / ("q%d.sock" % with_image))
+        nsock = str(tmp_path / ("n%d.sock" % with_image))
+        args = [ferry_path(), "nbd", "--qmp", "unix:%s,server" % qsock]
+        if with_image:
+            args += ["-k", nsock, "-x", "cli", img]
+        proc = subprocess.Popen(args)
+        try:
+            deadline = time.time() + 10
+            while True:
+                try:
+                    q = Qmp(qsock)
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    assert time.time() < deadline
+                    time.sleep(0.05)
+            if with_image:
+                exps = q.cmd("query-block-exports")
+                assert [e["id"] for e in exps] == ["cli"]
+                sh("qemu-io", "-f", "raw", "-c", "read -P 0x61 0 1M",
+                   uri(nsock, "cli"))
+                node = exps[0]["node-name"]
+            else:
+                add_qcow2(q, "n", img)
+                start_nbd(q, tmp_path)
+                nsock = str(tmp_path / "nbd.sock")
+                node = "n"
+            q.cmd("block-export-add", type="nbd", id="more", node_name=node,
+                  name="more")
+            info = json.loads(sh("nbdinfo", "--json", uri(nsock, "more")))
+            assert info["exports"][0]["export-size"] == SIZE
+            q.cmd("quit")
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
