@@ -218,31 +218,36 @@ def main():
                     os.unlink(tgt)
                     print("%s %s run %d: ready %.2fs done %.2fs" %
                           (target, kind, r, ready, done), flush=True)
-            f_done = statistics.median(x[1] for x in res["ferry"])
-            q_done = statistics.median(x[1] for x in res["qsd"])
-            f_ready = statistics.median(x[0] for x in res["ferry"])
-            q_ready = statistics.median(x[0] for x in res["qsd"])
-            rows.append((target, q_done / f_done, f_done, q_done, f_ready,
-                         q_ready))
+            f_best = min(x[1] for x in res["ferry"])
+            q_best = min(x[1] for x in res["qsd"])
+            f_med = statistics.median(x[1] for x in res["ferry"])
+            q_med = statistics.median(x[1] for x in res["qsd"])
+            rows.append((target, q_best / f_best, f_best, q_best,
+                         q_med / f_med, f_med, q_med))
     finally:
         shutil.rmtree(d, ignore_errors=True)
+    load = os.getloadavg()
     with open(a.out, "w") as f:
         f.write("# mirror: ferry vs qemu-storage-daemon\n\n")
         f.write("blockdev-mirror sync=full of a %d GiB qcow2 image with a "
-                "quarter allocated (every fourth MiB), command to "
-                "BLOCK_JOB_COMPLETED after job-complete; median of %d runs, "
-                "alternating order, same machine (%s, %s).  Ratio = "
-                "qemu-storage-daemon time / ferry time (above 1: ferry "
-                "faster).  Targets checked with qemu-img compare.\n\n" %
+                "quarter allocated (every fourth MiB), from the command to "
+                "BLOCK_JOB_COMPLETED after job-complete (the target flushed "
+                "at READY); %d runs each, alternating, `sync` before each; "
+                "same machine (%s, %s), shared: load average %.1f at the "
+                "end.  Ratio = qemu-storage-daemon time / ferry time (above "
+                "1: ferry faster), on the best run of each (the one least "
+                "disturbed by other load) and on the medians.  Targets "
+                "checked with qemu-img compare.\n\n" %
                 (a.size, a.runs, os.uname().nodename,
-                 time.strftime("%Y-%m-%d")))
-        f.write("| target | ratio | ferry | qemu-storage-daemon | ferry to "
-                "READY | qsd to READY |\n|---|---|---|---|---|---|\n")
-        for t, ratio, fd, qd, fr, qr in rows:
+                 time.strftime("%Y-%m-%d"), load[0]))
+        f.write("| target | ratio (best) | ferry best | qsd best | "
+                "ratio (median) | ferry median | qsd median |\n"
+                "|---|---|---|---|---|---|---|\n")
+        mib = size / 4 / MiB
+        for t, rb, fb, qb, rm, fm, qm in rows:
             f.write("| %s | %.2f | %.2f s (%.0f MiB/s) | %.2f s (%.0f MiB/s) "
-                    "| %.2f s | %.2f s |\n" % (
-                        t, ratio, fd, size / 4 / MiB / fd, qd,
-                        size / 4 / MiB / qd, fr, qr))
+                    "| %.2f | %.2f s | %.2f s |\n" % (
+                        t, rb, fb, mib / fb, qb, mib / qb, rm, fm, qm))
         for n in notes:
             f.write("\n%s\n" % n)
     print(open(a.out).read())

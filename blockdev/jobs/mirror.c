@@ -200,6 +200,34 @@ static int take_op_error(MirrorJob *m)
     return 0;
 }
 
+/* Hand [off, off+n) to a worker once buffer space and invariant 2 allow. */
+static void submit_copy(MirrorJob *m, int64_t off, int64_t n)
+{
+    MirrorOp *op = g_new0(MirrorOp, 1);
+    int64_t inflight;
+
+    op->m = m;
+    op->off = off;
+    op->len = n;
+    g_mutex_lock(&m->lock);
+    while (m->inflight && (m->inflight_bytes + n > m->buf_size ||
+                           overlaps_inflight_locked(m, off, n))) {
+        g_cond_wait(&m->cond, &m->lock);
+    }
+    /* invariant 1: clear before the copy reads */
+    block_dirty_bitmap_reset(m->dirty, off, n);
+    m->inflight = g_list_prepend(m->inflight, op);
+    m->inflight_bytes += n;
+    inflight = m->inflight_bytes;
+    g_mutex_unlock(&m->lock);
+    g_thread_pool_push(m->pool, op, NULL);
+    block_job_progress_set_total(&m->job,
+                                 __atomic_load_n(&m->job.progress_current,
+                                                 __ATOMIC_RELAXED) +
+                                 inflight +
+                                 (int64_t)block_dirty_bitmap_count(m->dirty));
+}
+
 /* With the users held: copy whatever is still dirty, synchronously. */
 static int final_pass(MirrorJob *m, int64_t len)
 {
@@ -249,25 +277,7 @@ static int mirror_run(BlockJob *job)
             break;
         }
         if (next_extent(m, len, &cursor, &off, &n)) {
-            MirrorOp *op;
-            g_mutex_lock(&m->lock);
-            while (m->inflight && (m->inflight_bytes + n > m->buf_size ||
-                                   overlaps_inflight_locked(m, off, n))) {
-                g_cond_wait(&m->cond, &m->lock);
-            }
-            /* invariant 1: clear before the copy reads */
-            block_dirty_bitmap_reset(m->dirty, off, n);
-            op = g_new0(MirrorOp, 1);
-            op->m = m;
-            op->off = off;
-            op->len = n;
-            m->inflight = g_list_prepend(m->inflight, op);
-            m->inflight_bytes += n;
-            g_mutex_unlock(&m->lock);
-            g_thread_pool_push(m->pool, op, NULL);
-            block_job_progress_set_total(job, job->progress_current +
-                                         m->inflight_bytes +
-                                         (int64_t)block_dirty_bitmap_count(m->dirty));
+            submit_copy(m, off, n);
             block_job_ratelimit(job, n);
             continue;
         }

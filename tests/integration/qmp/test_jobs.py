@@ -274,3 +274,28 @@ def test_query_answers_have_qsd_shape(both, tmp_path):
         d.qmp.cmd("job-cancel", id="m")
         finish_job(d.qmp, "m")
     assert shapes[0] == shapes[1]
+
+
+def test_speed_limit_is_kept_and_progress_grows(daemon, tmp_path):
+    """speed=2 MiB/s over ~9 MiB of data takes about 4.5 s; progress only
+    grows; set-speed to 0 finishes it at once."""
+    base, mid, top = chain(tmp_path)
+    q = daemon.qmp
+    add_qcow2(q, "src", top)
+    mirror_target(q, tmp_path)
+    t0 = time.time()
+    q.cmd("blockdev-backup", device="src", target="tgt", sync="full",
+          job_id="s", speed=2 * MiB)
+    seen = []
+    while time.time() - t0 < 1.5:
+        j = q.cmd("query-jobs")[0]
+        seen.append(j["current-progress"])
+        assert j["total-progress"] >= j["current-progress"]
+        time.sleep(0.1)
+    assert seen == sorted(seen) and seen[-1] > 0
+    # about 2 MiB a second: well under 2.5 s worth of data in 1.5 s
+    assert seen[-1] <= 5 * MiB
+    q.cmd("block-job-set-speed", device="s", speed=0)
+    ev = finish_job(q, "s")
+    assert ev["data"]["offset"] == ev["data"]["len"]
+    assert time.time() - t0 < 10
