@@ -334,7 +334,7 @@ static void serve_client(NbdClient *c)
         nbd_client_work(c, false);
     }
     g_mutex_lock(&c->state_lock);
-    c->dead = true;
+    __atomic_store_n(&c->dead, true, __ATOMIC_SEQ_CST);
     while (c->nb_workers > 1) {
         g_cond_wait(&c->state_cond, &c->state_lock);
     }
