@@ -752,6 +752,72 @@ void block_node_detach_child(BlockNode *parent, BlockChild *c)
     g_free(c);
 }
 
+/*
+ * The files of the backing chain being opened by this thread, top first:
+ * a backing file already on it is a loop (a.qcow2 -> b.qcow2 -> a.qcow2).
+ */
+#define BLOCK_MAX_CHAIN_DEPTH 1000
+static __thread GPtrArray *opening_chain;
+
+/* A name that is the same for every spelling of one local file. */
+static char *chain_key(const char *filename)
+{
+    char *real = filename ? realpath(filename, NULL) : NULL;
+    char *key = g_strdup(real ? real : filename ? filename : "");
+
+    free(real);
+    return key;
+}
+
+static bool chain_push(BlockNode *parent, json_t *copts, GError **errp)
+{
+    BlockNode *bottom = block_node_bottom(parent);
+    const char *next = ferry_opt_str(copts, "filename");
+    json_t *file = json_object_get(copts, "file");
+    g_autofree char *next_key = NULL;
+
+    if (!next && json_is_object(file)) {
+        next = ferry_opt_str(file, "filename");
+    }
+    if (!opening_chain) {
+        opening_chain = g_ptr_array_new_with_free_func(g_free);
+    }
+    if (opening_chain->len == 0 || bottom != parent) {
+        g_ptr_array_add(opening_chain, chain_key(bottom->filename));
+    } else {
+        g_ptr_array_add(opening_chain, chain_key(parent->filename));
+    }
+    if (opening_chain->len > BLOCK_MAX_CHAIN_DEPTH) {
+        ferry_error_set(errp, FERRY_ERROR_INVALID,
+                        "backing chain of '%s' is deeper than %d images",
+                        (char *)opening_chain->pdata[0], BLOCK_MAX_CHAIN_DEPTH);
+        return false;
+    }
+    if (!next) {
+        return true;
+    }
+    next_key = chain_key(next);
+    for (guint i = 0; i < opening_chain->len; i++) {
+        if (!strcmp(opening_chain->pdata[i], next_key)) {
+            ferry_error_set(errp, FERRY_ERROR_CORRUPT,
+                            "backing file '%s' of '%s' makes a loop in the "
+                            "backing chain", next,
+                            (char *)opening_chain->pdata[opening_chain->len - 1]);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void chain_pop(void)
+{
+    g_ptr_array_remove_index(opening_chain, opening_chain->len - 1);
+    if (opening_chain->len == 0) {
+        g_ptr_array_free(opening_chain, TRUE);
+        opening_chain = NULL;
+    }
+}
+
 BlockChild *block_node_open_child(BlockNode *parent, json_t *options,
                                   const char *name, BlockChildRole role,
                                   const char *def_filename,
@@ -767,6 +833,11 @@ BlockChild *block_node_open_child(BlockNode *parent, json_t *options,
     if (role == BLOCK_CHILD_BACKING) {
         /* Backing files are read-only unless a job reopens them. */
         flags &= ~BLOCK_O_RDWR;
+    }
+    if (role == BLOCK_CHILD_FILE || role == BLOCK_CHILD_DATA_FILE) {
+        /* As QEMU: a format decides what it discards (qcow2's pass-discard-*
+         * options); the layer below it carries that out. */
+        flags |= BLOCK_O_UNMAP;
     }
     if (val && json_is_null(val)) {
         return NULL;
@@ -808,7 +879,16 @@ BlockChild *block_node_open_child(BlockNode *parent, json_t *options,
     /* Open unlocked; attaching applies what the parent needs. */
     perm = 0;
     shared = BLOCK_PERM_ALL;
-    child = block_node_open_opts(copts, flags, perm, shared, errp);
+    if (role == BLOCK_CHILD_BACKING) {
+        if (!chain_push(parent, copts, errp)) {
+            chain_pop();
+            return NULL;
+        }
+        child = block_node_open_opts(copts, flags, perm, shared, errp);
+        chain_pop();
+    } else {
+        child = block_node_open_opts(copts, flags, perm, shared, errp);
+    }
     if (!child) {
         return NULL;
     }

@@ -66,7 +66,7 @@ static const struct {
 } foreign_formats[] = {
     { "KDMV", 4, 0, "vmdk" },
     { "# Disk DescriptorFile", 21, 0, "vmdk" },
-    { "QFI\xfb", 4, 0, "qcow" },        /* version checked below */
+    { "QFI\xfb\0\0\0\1", 8, 0, "qcow (version 1)" },
     { "QED\0", 4, 0, "qed" },
     { "LUKS\xba\xbe", 6, 0, "luks" },
     { "vhdxfile", 8, 0, "vhdx" },
@@ -109,6 +109,15 @@ const BlockDriver *block_driver_probe(BlockNode *file, GError **errp)
     }
     if (best_score > 1) {
         return best;
+    }
+    if (!memcmp(buf, "QFI\xfb", 4) && buf[7] != 1) {
+        /* qcow2's magic, but a version its probe did not accept */
+        ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED,
+                        "'%s' is a qcow2 image of version %u, which ferry "
+                        "does not support (versions 2 and 3 are)",
+                        file->filename,
+                        (unsigned)(buf[4] << 24 | buf[5] << 16 | buf[6] << 8 | buf[7]));
+        return NULL;
     }
     for (size_t i = 0; i < G_N_ELEMENTS(foreign_formats); i++) {
         if (!memcmp(buf + foreign_formats[i].off, foreign_formats[i].magic,

@@ -221,7 +221,9 @@ void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset)
 
     if (slot) {
         Qcow2CacheEntry *e = &c->entries[GPOINTER_TO_INT(slot) - 1];
-        g_assert(!e->pinned);
+        if (e->pinned) {
+            return;     /* a corrupt image freed a table in use: keep it */
+        }
         g_hash_table_remove(c->index, &e->offset);
         e->offset = 0;
         e->dirty = false;

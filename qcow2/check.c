@@ -21,6 +21,7 @@ typedef struct CheckCtx {
     uint64_t *rc;           /* computed refcounts, one per host cluster */
     uint64_t nb;            /* clusters in the file */
     bool structural;        /* refcount structures themselves are broken */
+    uint64_t mult;          /* references each inc() adds (shared tables) */
 } CheckCtx;
 
 static void inc(CheckCtx *c, uint64_t off, uint64_t len, const char *what)
@@ -40,7 +41,7 @@ static void inc(CheckCtx *c, uint64_t off, uint64_t len, const char *what)
             c->res->corruptions++;
             return;
         }
-        c->rc[i]++;
+        c->rc[i] += c->mult;
     }
 }
 
@@ -102,15 +103,24 @@ static void walk_l2(CheckCtx *c, const uint8_t *l2, bool active)
     }
 }
 
+/*
+ * The L2 tables an L1 table reaches, each counted once per reference.  A
+ * table several L1 tables share (snapshots) is walked once and its data
+ * counted `times` times, so a hostile image with thousands of snapshots of
+ * one huge L1 costs one walk, not thousands.
+ */
 static void walk_l1(CheckCtx *c, uint64_t l1_off, uint64_t l1_size,
-                    const uint64_t *l1_host, bool active)
+                    const uint64_t *l1_host, bool active, GHashTable *l2_refs,
+                    uint64_t times)
 {
     Qcow2State *s = c->s;
     uint64_t cs = s->cluster_size;
     g_autofree uint64_t *l1 = NULL;
-    g_autofree uint8_t *l2 = g_malloc(cs);
+    g_autofree uint8_t *l2 = NULL;
 
+    c->mult = times;
     inc(c, l1_off, l1_size * 8, "L1 table");
+    c->mult = 1;
     if (!l1_host) {
         l1 = g_try_new0(uint64_t, MAX(l1_size, 1));
         if (!l1 || read_table(s, l1_off, l1_size * 8, l1) < 0) {
@@ -133,83 +143,116 @@ static void walk_l1(CheckCtx *c, uint64_t l1_off, uint64_t l1_size,
             c->res->corruptions++;
             continue;
         }
+        c->mult = times;
         inc(c, off, cs, "L2 table");
+        c->mult = 1;
+        if (!active) {
+            gpointer n = g_hash_table_lookup(l2_refs, &off);
+            g_hash_table_insert(l2_refs, g_memdup2(&off, sizeof(off)),
+                                GSIZE_TO_POINTER(GPOINTER_TO_SIZE(n) + times));
+            continue;
+        }
+        if (!l2) {
+            l2 = g_malloc(cs);
+        }
         if (read_table(s, off, cs, l2) < 0) {
             c->res->check_errors++;
             continue;
         }
-        walk_l2(c, l2, active);
+        walk_l2(c, l2, true);
     }
 }
 
+/* Add the data references of an inactive L2 table `times` times. */
+static void walk_l2_times(CheckCtx *c, uint64_t off, uint8_t *l2, size_t times)
+{
+    if (read_table(c->s, off, c->s->cluster_size, l2) < 0) {
+        c->res->check_errors++;
+        return;
+    }
+    c->mult = times;
+    walk_l2(c, l2, false);
+    c->mult = 1;
+}
+
+typedef struct L1Key {
+    uint64_t offset;
+    uint32_t size;
+} L1Key;
+
+static int l1key_cmp(const void *a, const void *b)
+{
+    const L1Key *x = a, *y = b;
+
+    if (x->offset != y->offset) {
+        return x->offset < y->offset ? -1 : 1;
+    }
+    return x->size < y->size ? -1 : x->size > y->size;
+}
+
+/*
+ * Snapshots: each distinct L1 table is read once and each distinct L2
+ * table walked once, with their references multiplied by how many
+ * snapshots (or tables) share them.  A hostile table of 65536 snapshots of
+ * one large L1 costs one walk.
+ */
 static void walk_snapshots(CheckCtx *c)
 {
     Qcow2State *s = c->s;
-    uint64_t pos = s->snapshots_offset, total = 0;
-    uint8_t h[40];
+    g_autoptr(GHashTable) l2_refs = g_hash_table_new_full(g_int64_hash,
+                                                          g_int64_equal,
+                                                          g_free, NULL);
+    g_autofree L1Key *keys = g_new(L1Key, MAX(s->nb_snapshots, 1));
+    g_autofree uint8_t *l2 = g_malloc(s->cluster_size);
+    GHashTableIter it;
+    gpointer key, val;
 
     for (uint32_t n = 0; n < s->nb_snapshots; n++) {
-        uint64_t l1_off, l1_size, extra, id_len, name_len, len;
-        if (read_table(s, pos, sizeof(h), h) < 0) {
-            c->res->check_errors++;
-            return;
-        }
-        l1_off = GUINT64_FROM_BE(*(uint64_t *)h);
-        l1_size = GUINT32_FROM_BE(*(uint32_t *)(h + 8));
-        id_len = GUINT16_FROM_BE(*(uint16_t *)(h + 12));
-        name_len = GUINT16_FROM_BE(*(uint16_t *)(h + 14));
-        extra = GUINT32_FROM_BE(*(uint32_t *)(h + 36));
-        len = qcow2_align_up(40 + extra + id_len + name_len, 8);
-        if (l1_size * 8 > QCOW2_MAX_L1_BYTES || (l1_off & (s->cluster_size - 1))) {
-            c->res->corruptions++;
-        } else {
-            walk_l1(c, l1_off, l1_size, NULL, false);
-        }
-        pos += len;
-        total += len;
+        keys[n].offset = s->snapshots[n].l1_offset;
+        keys[n].size = s->snapshots[n].l1_size;
     }
-    inc(c, s->snapshots_offset, total, "snapshot table");
+    qsort(keys, s->nb_snapshots, sizeof(*keys), l1key_cmp);
+    for (uint32_t n = 0; n < s->nb_snapshots;) {
+        uint32_t m = n + 1;
+        while (m < s->nb_snapshots && !l1key_cmp(&keys[n], &keys[m])) {
+            m++;
+        }
+        walk_l1(c, keys[n].offset, keys[n].size, NULL, false, l2_refs, m - n);
+        n = m;
+    }
+    g_hash_table_iter_init(&it, l2_refs);
+    while (g_hash_table_iter_next(&it, &key, &val)) {
+        walk_l2_times(c, *(uint64_t *)key, l2, GPOINTER_TO_SIZE(val));
+    }
+    inc(c, s->snapshots_offset, s->snapshots_size, "snapshot table");
 }
 
 static void walk_bitmaps(CheckCtx *c)
 {
     Qcow2State *s = c->s;
-    g_autofree uint8_t *dir = NULL;
-    uint64_t pos = 0;
+    uint64_t cs = s->cluster_size;
 
-    if (!s->nb_bitmaps || !(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) ||
-        s->bitmap_ext_dir_size > (64u << 20)) {
+    if (!s->has_bitmaps_ext || !s->bitmaps) {
         return;
     }
-    inc(c, s->bitmap_ext_dir_offset, s->bitmap_ext_dir_size, "bitmap directory");
-    dir = g_try_malloc(s->bitmap_ext_dir_size);
-    if (!dir || read_table(s, s->bitmap_ext_dir_offset, s->bitmap_ext_dir_size,
-                           dir) < 0) {
-        c->res->check_errors++;
-        return;
-    }
-    for (uint32_t n = 0; n < s->nb_bitmaps; n++) {
-        uint64_t toff, tsize, name_len, extra;
+    inc(c, s->bitmap_dir_offset, s->bitmap_dir_size, "bitmap directory");
+    for (guint n = 0; n < s->bitmaps->len; n++) {
+        Qcow2Bitmap *b = s->bitmaps->pdata[n];
         g_autofree uint64_t *table = NULL;
-        if (s->bitmap_ext_dir_size - pos < 24) {
-            c->res->corruptions++;
-            return;
-        }
-        toff = GUINT64_FROM_BE(*(uint64_t *)(dir + pos));
-        tsize = GUINT32_FROM_BE(*(uint32_t *)(dir + pos + 8));
-        name_len = GUINT16_FROM_BE(*(uint16_t *)(dir + pos + 18));
-        extra = GUINT32_FROM_BE(*(uint32_t *)(dir + pos + 20));
-        pos += qcow2_align_up(24 + extra + name_len, 8);
-        inc(c, toff, tsize * 8, "bitmap table");
-        table = g_try_new(uint64_t, MAX(tsize, 1));
-        if (!table || read_table(s, toff, tsize * 8, table) < 0) {
+        inc(c, b->table_offset, (uint64_t)b->table_size * 8, "bitmap table");
+        table = g_try_new(uint64_t, MAX(b->table_size, 1));
+        if (!table || read_table(s, b->table_offset,
+                                 (uint64_t)b->table_size * 8, table) < 0) {
             c->res->check_errors++;
             continue;
         }
-        for (uint64_t i = 0; i < tsize; i++) {
-            uint64_t off = GUINT64_FROM_BE(table[i]) & 0x00fffffffffffe00ull;
-            if (off) {
-                inc(c, off, s->cluster_size, "bitmap data");
+        for (uint64_t i = 0; i < b->table_size; i++) {
+            uint64_t e = GUINT64_FROM_BE(table[i]);
+            uint64_t off = e & QCOW2_BME_ENTRY_OFFSET_MASK;
+            if ((e & QCOW2_BME_ENTRY_RESERVED) || (off & (cs - 1))) {
+                c->res->corruptions++;
+            } else if (off) {
+                inc(c, off, cs, "bitmap data");
             }
         }
     }
@@ -333,11 +376,38 @@ static int check_copied(CheckCtx *c, bool fix)
     return 0;
 }
 
+/*
+ * Spec: v3 snapshot entries record at least the VM state size and the disk
+ * size (16 bytes of extra data).  An entry without them is a corruption, as
+ * qemu-img check says; repair writes the table again with them.
+ */
+static void check_snapshot_extras(Qcow2State *s, BlockCheckResult *res,
+                                  bool fix)
+{
+    int64_t incomplete = 0;
+
+    for (uint32_t i = 0; s->version >= 3 && i < s->nb_snapshots; i++) {
+        if (s->snapshots[i].extra_size < 16) {
+            ferry_debug("qcow2 check: snapshot table entry %u is incomplete",
+                        i);
+            incomplete++;
+        }
+    }
+    res->corruptions += incomplete;
+    if (fix && incomplete) {
+        if (qcow2_rewrite_snapshot_table(s) == 0) {
+            res->corruptions_fixed += incomplete;
+        } else {
+            res->check_errors++;
+        }
+    }
+}
+
 static bool run_check(Qcow2State *s, BlockCheckResult *res, uint32_t fix,
                       GError **errp)
 {
     int64_t flen = block_node_getlength(s->bs->file->node);
-    CheckCtx c = { .s = s, .res = res };
+    CheckCtx c = { .s = s, .res = res, .mult = 1 };
     uint64_t highest = 0;
     int64_t refcount_errors = 0, leaks = 0;
 
@@ -358,7 +428,7 @@ static bool run_check(Qcow2State *s, BlockCheckResult *res, uint32_t fix,
     res->has_clusters = true;
     res->total_clusters = (s->size + s->cluster_size - 1) >> s->cluster_bits;
     inc(&c, 0, s->cluster_size, "header");
-    walk_l1(&c, s->l1_offset, s->l1_size, s->l1, true);
+    walk_l1(&c, s->l1_offset, s->l1_size, s->l1, true, NULL, 1);
     walk_snapshots(&c);
     walk_refcounts(&c);
     walk_bitmaps(&c);
@@ -415,6 +485,7 @@ static bool run_check(Qcow2State *s, BlockCheckResult *res, uint32_t fix,
     }
     g_free(c.rc);
     check_copied(&c, fix & BLOCK_FIX_ERRORS);
+    check_snapshot_extras(s, res, fix & BLOCK_FIX_ERRORS);
     if (fix && qcow2_flush_locked(s) < 0) {
         res->check_errors++;
     }

@@ -154,6 +154,7 @@ static int l2_allocate(Qcow2State *s, uint64_t idx)
         return ret;
     }
     s->l1[idx] = (uint64_t)new_off | QCOW2_OFLAG_COPIED;
+    s->meta_stale = true;
     be = GUINT64_TO_BE(s->l1[idx]);
     ret = block_node_pwrite(s->bs->file->node, s->l1_offset + idx * 8, 8, &be,
                             0);
@@ -528,15 +529,130 @@ static void in_flight_remove(Qcow2State *s, uint64_t start, uint64_t end)
 
 /* -- writes -------------------------------------------------------------- */
 
+static int u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* What a metadata cluster of the overlap list is: its low bits. */
+enum { META_L2, META_SNAPSHOT_L2, META_REFBLOCK, META_SNAPSHOT_L1,
+       META_BITMAP };
+static const char *const meta_names[] = {
+    [META_L2] = "an L2 table", [META_SNAPSHOT_L2] = "a snapshot's L2 table",
+    [META_REFBLOCK] = "a refcount block",
+    [META_SNAPSHOT_L1] = "a snapshot's L1 table",
+    [META_BITMAP] = "a bitmap directory or table",
+};
+
+static void meta_add(GArray *a, uint64_t off, uint64_t kind)
+{
+    uint64_t v = off | kind;
+
+    g_array_append_val(a, v);
+}
+
+/*
+ * Locked.  The sorted list of metadata clusters that move, each offset
+ * tagged with its kind in the low bits (clusters are 512-byte aligned or
+ * more): active and snapshot L2 tables, refcount blocks, snapshot L1
+ * tables, bitmap tables.  Rebuilt after any of them changes (meta_stale);
+ * snapshot L2 tables are read again only after a snapshot operation
+ * (inactive_l2_stale).
+ */
+static int rebuild_meta(Qcow2State *s)
+{
+    uint64_t cs = s->cluster_size;
+    g_autoptr(GArray) a = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+    g_autoptr(GArray) bm = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+    int ret;
+
+    if (s->inactive_l2_stale) {
+        g_autoptr(GArray) in = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+        ret = qcow2_collect_inactive_l2(s, in);
+        if (ret < 0) {
+            return ret;
+        }
+        g_free(s->inactive_l2);
+        s->nb_inactive_l2 = in->len;
+        s->inactive_l2 = (uint64_t *)g_array_free(g_steal_pointer(&in), FALSE);
+        s->inactive_l2_stale = false;
+    }
+    for (size_t i = 0; i < s->nb_inactive_l2; i++) {
+        meta_add(a, s->inactive_l2[i], META_SNAPSHOT_L2);
+    }
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        uint64_t off = s->l1[i] & QCOW2_L1E_OFFSET_MASK;
+        if (off) {
+            meta_add(a, off, META_L2);
+        }
+    }
+    for (uint64_t i = 0; i < s->reftable_size; i++) {
+        if (s->reftable[i]) {
+            meta_add(a, s->reftable[i], META_REFBLOCK);
+        }
+    }
+    for (uint32_t n = 0; n < s->nb_snapshots; n++) {
+        const Qcow2Snapshot *sn = &s->snapshots[n];
+        for (uint64_t o = 0; o < (uint64_t)sn->l1_size * 8; o += cs) {
+            meta_add(a, sn->l1_offset + o, META_SNAPSHOT_L1);
+        }
+    }
+    qcow2_collect_bitmap_meta(s, bm);
+    for (guint i = 0; i < bm->len; i++) {
+        meta_add(a, g_array_index(bm, uint64_t, i), META_BITMAP);
+    }
+    g_array_sort(a, u64_cmp);
+    g_free(s->meta);
+    s->nb_meta = a->len;
+    s->meta = (uint64_t *)g_array_free(g_steal_pointer(&a), FALSE);
+    s->meta_stale = false;
+    return 0;
+}
+
+/* The first metadata cluster of the list inside [start, end), or NULL. */
+static const char *meta_hit(Qcow2State *s, uint64_t start, uint64_t end)
+{
+    uint64_t mask = s->cluster_size - 1;
+    size_t lo = 0, hi = s->nb_meta;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->meta[mid] < start) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if (lo < s->nb_meta && (s->meta[lo] & ~mask) < end) {
+        return meta_names[s->meta[lo] & mask];
+    }
+    return NULL;
+}
+
+/* Locked.  Is the cluster at off in the overlap check's list? */
+bool qcow2_is_meta_cluster(Qcow2State *s, uint64_t off)
+{
+    return !s->meta_stale && meta_hit(s, off, off + 1) != NULL;
+}
+
 /* Does this metadata-free host range collide with known metadata? */
 static int overlap_check(Qcow2State *s, uint64_t host, uint64_t bytes)
 {
     uint64_t end = host + bytes;
     uint64_t cs = s->cluster_size;
     const char *what = NULL;
+    int ret;
 
     if (s->has_data_file) {
         return 0;
+    }
+    if (s->meta_stale || s->inactive_l2_stale) {
+        ret = rebuild_meta(s);
+        if (ret < 0) {
+            return ret;
+        }
     }
     if (host < cs) {
         what = "the header";
@@ -546,17 +662,13 @@ static int overlap_check(Qcow2State *s, uint64_t host, uint64_t bytes)
     } else if (host < s->reftable_offset + s->reftable_clusters * cs &&
                s->reftable_offset < end) {
         what = "the refcount table";
-    } else if (s->nb_snapshots && host < s->snapshots_offset + cs &&
+    } else if (s->nb_snapshots &&
+               host < s->snapshots_offset +
+                      qcow2_align_up(s->snapshots_size, cs) &&
                s->snapshots_offset < end) {
         what = "the snapshot table";
     } else {
-        for (uint32_t i = 0; i < s->l1_size; i++) {
-            uint64_t l2 = s->l1[i] & QCOW2_L1E_OFFSET_MASK;
-            if (l2 && l2 < end && host < l2 + cs) {
-                what = "an L2 table";
-                break;
-            }
-        }
+        what = meta_hit(s, host & ~(cs - 1), end);
     }
     if (what) {
         return qcow2_mark_corrupt_locked(s, "a data write to host offset 0x%"
@@ -856,11 +968,16 @@ int qcow2_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
     const uint8_t *p = buf;
     int ret = 0;
 
+    ret = qcow2_bitmaps_before_write(s);
+    if (ret < 0) {
+        return ret;
+    }
     if (flags & BLOCK_REQ_WRITE_COMPRESSED) {
         return qcow2_pwrite_compressed(bs, offset, bytes, buf);
     }
     while (bytes > 0) {
         WriteRun r;
+        uint64_t ip_end = 0;
 
         g_mutex_lock(&s->lock);
         if (s->incompat & QCOW2_INCOMPAT_CORRUPT) {
@@ -903,13 +1020,23 @@ int qcow2_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
                 in_flight_add(s, r.cl_start,
                               r.cl_start + r.nclusters * s->cluster_size);
             }
+        } else if (ret == 0) {
+            /* Invariant 11: a discard of these clusters waits for us. */
+            ip_end = qcow2_align_up(r.offset + r.bytes, s->cluster_size);
+            in_flight_add(s, r.cl_start, ip_end);
         }
         g_mutex_unlock(&s->lock);
         if (ret < 0) {
             return ret;
         }
         if (!r.alloc) {
+            if (G_UNLIKELY(s->test_hook)) {
+                s->test_hook(s, "in-place-write");
+            }
             ret = block_node_pwrite(qcow2_data_node(s), r.host, r.bytes, p, 0);
+            g_mutex_lock(&s->lock);
+            in_flight_remove(s, r.cl_start, ip_end);
+            g_mutex_unlock(&s->lock);
         } else {
             uint64_t end = r.cl_start + r.nclusters * s->cluster_size;
             ret = write_alloc_run(s, &r, p);
@@ -1165,6 +1292,10 @@ int qcow2_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes,
     if (s->has_data_file && s->data_file_raw) {
         return -ENOTSUP;    /* the raw data file must hold the zeroes */
     }
+    ret = qcow2_bitmaps_before_write(s);
+    if (ret < 0) {
+        return ret;
+    }
     if (end == s->size) {
         b = qcow2_align_up(end, scs);  /* the image's last partial cluster */
     }
@@ -1233,6 +1364,10 @@ int qcow2_pdiscard(BlockNode *bs, int64_t offset, int64_t bytes)
     }
     if (a >= b) {
         return 0;       /* discard is advisory: partial clusters stay */
+    }
+    ret = qcow2_bitmaps_before_write(s);
+    if (ret < 0) {
+        return ret;
     }
     g_mutex_lock(&s->lock);
     if (s->incompat & QCOW2_INCOMPAT_CORRUPT) {

@@ -35,6 +35,30 @@
  *     L2 change; rule 2 is then relaxed (refcounts are rebuilt on open).
  *  7. An image with the corrupt bit is never written; once metadata is
  *     found inconsistent, the bit is set and every later write fails.
+ *  8. Internal snapshots (snapshot.c).  Create: the refcount of every L2
+ *     table and cluster the active L1 reaches is raised, written and
+ *     flushed; then COPIED is cleared in those L2 tables and in the active
+ *     L1 (flushed); then the snapshot's L1 copy is written; then a new
+ *     snapshot table (flushed) and one header write of nb_snapshots and
+ *     snapshots_offset together (flushed); the old table is freed last.
+ *     Revert: the snapshot's clusters gain a reference (flushed) before its
+ *     L1 is written over the active L1 (flushed); only then do the old
+ *     active clusters lose theirs.  Delete: the table without the entry
+ *     switches first; its clusters lose their references after.  COPIED is
+ *     set again only from refcounts already on disk (the L2 cache writes the
+ *     refcount cache and a barrier first; L1 writes do the same).
+ *  9. Persistent bitmaps (bitmap.c).  Before the first write to a node whose
+ *     bitmaps were loaded, their directory entries get IN_USE in place,
+ *     bracketed by clearing the autoclear bitmaps bit and setting it again
+ *     (each flushed).  Storing writes data clusters and bitmap tables, then
+ *     a new directory, flushed, then the header that points at it; the old
+ *     clusters are freed after.
+ * 10. Changing the refcount width (amend) writes the new refcount table and
+ *     blocks past the end of the image and flushes them; one header write
+ *     switches refcount_order, the table offset and its size together.
+ * 11. A cluster being written in place is in the in-flight list for the
+ *     time of the data write, so a discard or zero write of it waits: its
+ *     host cluster cannot be freed (and reused) under the late write.
  *
  * A crash therefore may leak clusters but never leaves an entry pointing
  * at a cluster whose refcount is zero or at unwritten data.
@@ -149,6 +173,55 @@ typedef struct Qcow2UnknownExt {
     uint8_t *data;
 } Qcow2UnknownExt;
 
+/* Snapshot table limits, as QEMU (spec: "Snapshots"). */
+#define QCOW2_MAX_SNAPSHOTS         65536
+#define QCOW2_MAX_SNAPSHOTS_BYTES   (1024 * QCOW2_MAX_SNAPSHOTS)
+#define QCOW2_MAX_SNAPSHOT_EXTRA    1024
+#define QCOW2_SNAPSHOT_EXTRA_KNOWN  24      /* vm state, disk size, icount */
+
+/* One internal snapshot, from the snapshot table (snapshot.c). */
+typedef struct Qcow2Snapshot {
+    uint64_t l1_offset;         /* host bytes */
+    uint32_t l1_size;           /* entries */
+    char *id;
+    char *name;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;     /* bytes */
+    uint64_t disk_size;         /* virtual bytes when it was taken */
+    uint64_t icount;            /* UINT64_MAX: not recorded */
+    uint32_t extra_size;        /* extra data bytes in the table entry */
+    uint8_t *unknown_extra;     /* extra_size - 24 bytes kept verbatim */
+} Qcow2Snapshot;
+
+/* Bitmaps extension limits, as QEMU (spec: "Bitmaps extension"). */
+#define QCOW2_MAX_BITMAPS           65535
+#define QCOW2_MAX_BITMAP_DIR_BYTES  (1024 * QCOW2_MAX_BITMAPS)
+#define QCOW2_BME_MAX_TABLE_SIZE    0x8000000u
+#define QCOW2_BME_MAX_PHYS_SIZE     0x20000000u
+#define QCOW2_BME_MIN_GRAN_BITS     9
+#define QCOW2_BME_MAX_GRAN_BITS     31
+#define QCOW2_BME_MAX_NAME          1023
+#define QCOW2_BME_FLAG_IN_USE       (1u << 0)
+#define QCOW2_BME_FLAG_AUTO         (1u << 1)
+#define QCOW2_BME_FLAG_EXTRA_COMPAT (1u << 2)
+#define QCOW2_BME_TYPE_DIRTY        1
+#define QCOW2_BME_ENTRY_RESERVED    0xff000000000001feull
+#define QCOW2_BME_ENTRY_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_BME_ENTRY_ALL_ONES    1ull
+
+/* One persistent bitmap as its directory entry says (bitmap.c). */
+typedef struct Qcow2Bitmap {
+    char *name;
+    uint64_t table_offset;      /* host bytes */
+    uint32_t table_size;        /* entries */
+    uint32_t flags;             /* QCOW2_BME_FLAG_* as on disk */
+    uint32_t granularity_bits;
+    uint64_t digest;            /* of the bits as last read or written */
+    bool has_digest;
+} Qcow2Bitmap;
+
 struct Qcow2State {
     GMutex lock;                /* guards everything below marked (lock) */
     GCond alloc_cond;           /* in-flight allocation finished */
@@ -173,8 +246,10 @@ struct Qcow2State {
     uint32_t reftable_clusters; /* (lock) */
     uint64_t reftable_size;     /* entries (lock) */
     uint64_t *reftable;         /* host-endian copy (lock) */
-    uint32_t nb_snapshots;
-    uint64_t snapshots_offset;
+    uint32_t nb_snapshots;      /* (drained) */
+    uint64_t snapshots_offset;  /* host bytes (drained) */
+    uint64_t snapshots_size;    /* bytes of the table (drained) */
+    Qcow2Snapshot *snapshots;   /* nb_snapshots entries (drained) */
     uint64_t incompat;          /* (lock) */
     uint64_t compat;
     uint64_t autoclear;
@@ -191,9 +266,13 @@ struct Qcow2State {
     char *backing_fmt;
     GPtrArray *unknown_exts;    /* Qcow2UnknownExt*: kept across rewrites */
     char *feature_names[3][64]; /* from the feature table ext, or NULL */
-    uint64_t bitmap_ext_dir_offset;
-    uint64_t bitmap_ext_dir_size;
-    uint32_t nb_bitmaps;
+    bool has_bitmaps_ext;       /* a valid bitmaps extension is in use */
+    uint64_t bitmap_dir_offset; /* host bytes (lock) */
+    uint64_t bitmap_dir_size;   /* bytes (lock) */
+    uint32_t nb_bitmaps;        /* (lock) */
+    GPtrArray *bitmaps;         /* Qcow2Bitmap*: the directory on disk (lock) */
+    bool bitmaps_loaded;        /* the node's bitmaps came from the image */
+    bool bitmaps_need_mark;     /* set IN_USE on disk before a write (lock) */
 
     /* run time */
     bool writable;
@@ -209,6 +288,16 @@ struct Qcow2State {
     GArray *in_flight;          /* Qcow2InFlight (lock) */
     GArray *deferred;           /* Qcow2DeferredFree (lock) */
     uint64_t deferred_clusters; /* total in deferred (lock) */
+    /* overlap check (cluster.c): metadata cluster offsets, sorted (lock) */
+    uint64_t *meta;
+    size_t nb_meta;
+    bool meta_stale;            /* rebuild before the next check (lock) */
+    uint64_t *inactive_l2;      /* L2 tables of snapshots only (lock) */
+    size_t nb_inactive_l2;
+    bool inactive_l2_stale;
+    /* Unit tests only: called at named points of the data path, unlocked
+     * ("in-place-write": before an in-place data write).  NULL in use. */
+    void (*test_hook)(Qcow2State *s, const char *event);
 };
 
 static inline uint64_t qcow2_align_up(uint64_t x, uint64_t a)
@@ -221,7 +310,15 @@ static inline BlockNode *qcow2_data_node(Qcow2State *s)
     return s->has_data_file ? s->bs->data_file->node : s->bs->file->node;
 }
 
+/* Does an L2 entry name a host cluster?  Offset 0 is valid in a data file. */
+static inline bool qcow2_l2e_has_host(Qcow2State *s, uint64_t entry)
+{
+    return (entry & QCOW2_L2E_OFFSET_MASK) ||
+           (s->has_data_file && (entry & QCOW2_OFLAG_COPIED));
+}
+
 /* qcow2.c */
+const char *qcow2_fname(Qcow2State *s);     /* for messages */
 int qcow2_barrier(Qcow2State *s);
 int qcow2_write_header_field(Qcow2State *s, uint64_t off, const void *buf,
                              size_t len);
@@ -258,9 +355,12 @@ int64_t qcow2_alloc_bytes(Qcow2State *s, uint64_t bytes);
 void qcow2_free_deferred(Qcow2State *s, uint64_t offset, uint64_t clusters,
                          Qcow2DiscardType type);
 int qcow2_apply_deferred_frees(Qcow2State *s);
+int qcow2_free_clusters_now(Qcow2State *s, uint64_t offset, uint64_t clusters,
+                            Qcow2DiscardType type);
 int qcow2_write_reftable_entry(Qcow2State *s, uint64_t idx);
 bool qcow2_rebuild_refcounts(Qcow2State *s, uint64_t *computed,
                              uint64_t nb_clusters, GError **errp);
+bool qcow2_change_refcount_order(Qcow2State *s, uint32_t order, GError **errp);
 
 /* cluster.c */
 Qcow2ClusterType qcow2_l2e_type(Qcow2State *s, uint64_t entry, uint64_t bitmap,
@@ -282,6 +382,7 @@ int qcow2_get_l2_for_write(Qcow2State *s, uint64_t offset, void **l2);
 int qcow2_grow_l1_locked(Qcow2State *s, uint64_t min_size);
 int qcow2_preallocate_locked(Qcow2State *s, uint64_t offset, uint64_t end,
                              uint64_t *host_end);
+bool qcow2_is_meta_cluster(Qcow2State *s, uint64_t off);
 int qcow2_discard_range_locked(Qcow2State *s, uint64_t offset, uint64_t end,
                                bool full, Qcow2DiscardType type);
 
@@ -307,6 +408,40 @@ bool qcow2_check(BlockNode *bs, BlockCheckResult *res, uint32_t fix,
                  GError **errp);
 bool qcow2_check_locked(Qcow2State *s, BlockCheckResult *res, uint32_t fix,
                         GError **errp);
+
+/* snapshot.c */
+bool qcow2_read_snapshots(Qcow2State *s, uint64_t file_len, GError **errp);
+void qcow2_snapshots_free(Qcow2State *s);
+int qcow2_collect_inactive_l2(Qcow2State *s, GArray *out);
+int qcow2_rewrite_snapshot_table(Qcow2State *s);
+bool qcow2_snapshot_create(BlockNode *bs, BlockSnapshotInfo *info,
+                           GError **errp);
+bool qcow2_snapshot_goto(BlockNode *bs, const char *id_or_name, GError **errp);
+bool qcow2_snapshot_delete(BlockNode *bs, const char *id, const char *name,
+                           GError **errp);
+int qcow2_snapshot_list(BlockNode *bs, BlockSnapshotInfo **list,
+                        GError **errp);
+
+/* bitmap.c */
+bool qcow2_parse_bitmaps_ext(Qcow2State *s, const uint8_t *data, uint32_t len,
+                             GError **errp);
+bool qcow2_read_bitmap_dir(Qcow2State *s, uint64_t file_len, GError **errp);
+bool qcow2_load_bitmaps(Qcow2State *s, GError **errp);
+void qcow2_bitmaps_free(Qcow2State *s);
+/* Invariant 9: IN_USE on disk before the first write (0 or -errno). */
+int qcow2_bitmaps_before_write_locked(Qcow2State *s);
+int qcow2_bitmaps_before_write(Qcow2State *s);
+bool qcow2_store_bitmaps_locked(Qcow2State *s, GError **errp);
+bool qcow2_bitmaps_store(BlockNode *bs, GError **errp);
+bool qcow2_bitmap_can_store(BlockNode *bs, const char *name,
+                            uint32_t granularity, GError **errp);
+bool qcow2_bitmap_remove_persistent(BlockNode *bs, const char *name,
+                                    GError **errp);
+json_t *qcow2_bitmap_info(Qcow2State *s);
+void qcow2_collect_bitmap_meta(Qcow2State *s, GArray *out);
+
+/* amend.c */
+bool qcow2_amend(BlockNode *bs, json_t *opts, bool force, GError **errp);
 
 /* measure.c */
 bool qcow2_measure(json_t *opts, BlockNode *in, uint64_t size,

@@ -259,7 +259,11 @@ bool qcow2_make_empty(BlockNode *bs, GError **errp)
     int ret;
 
     g_mutex_lock(&s->lock);
-    ret = qcow2_discard_range_locked(s, 0, end, true, QCOW2_DISCARD_SNAPSHOT);
+    ret = qcow2_bitmaps_before_write_locked(s);
+    if (ret == 0) {
+        ret = qcow2_discard_range_locked(s, 0, end, true,
+                                         QCOW2_DISCARD_SNAPSHOT);
+    }
     if (ret == 0) {
         ret = qcow2_flush_locked(s);
     }

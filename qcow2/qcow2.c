@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blockdev/bitmap.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/opts.h"
@@ -25,7 +26,7 @@ static const char *const qcow2_open_opts[] = {
     "discard-no-unref", "encrypt", NULL,
 };
 
-static const char *fname(Qcow2State *s)
+const char *qcow2_fname(Qcow2State *s)
 {
     BlockNode *bs = s->bs;
 
@@ -35,6 +36,8 @@ static const char *fname(Qcow2State *s)
     return bs->file && bs->file->node->filename ? bs->file->node->filename
                                                 : bs->node_name;
 }
+
+#define fname qcow2_fname
 
 static uint64_t be64(const uint8_t *p)
 {
@@ -161,12 +164,24 @@ static size_t add_ext(uint8_t *buf, size_t pos, size_t cap, uint32_t type,
     return pos + need;
 }
 
+static bool serialize_header(Qcow2State *s, uint8_t *buf, size_t cap,
+                             bool feature_names);
+
 /*
  * Serialise the first cluster: header fields, extensions (backing format,
- * data file, feature names, then the ones we keep verbatim), end marker,
- * backing file name.  Returns false if they do not fit in one cluster.
+ * data file, feature names, bitmaps, then the ones we keep verbatim), end
+ * marker, backing file name.  The feature names are only a courtesy to
+ * readers: with small clusters they give way, as in QEMU.  Returns false
+ * if the rest does not fit in one cluster.
  */
 bool qcow2_serialize_header(Qcow2State *s, uint8_t *buf, size_t cap)
+{
+    return serialize_header(s, buf, cap, true) ||
+           serialize_header(s, buf, cap, false);
+}
+
+static bool serialize_header(Qcow2State *s, uint8_t *buf, size_t cap,
+                             bool feature_names)
 {
     uint32_t hlen = s->version >= 3 ? MAX(s->header_length,
                                           (uint32_t)QCOW2_HDR_V3_CREATE_LEN)
@@ -202,7 +217,7 @@ bool qcow2_serialize_header(Qcow2State *s, uint8_t *buf, size_t cap)
         pos = add_ext(buf, pos, cap, QCOW2_EXT_DATA_FILE, s->data_file_name,
                       strlen(s->data_file_name));
     }
-    if (s->version >= 3 && pos) {
+    if (s->version >= 3 && pos && feature_names) {
         uint8_t ft[G_N_ELEMENTS(feature_table) * 48] = { 0 };
         for (size_t i = 0; i < G_N_ELEMENTS(feature_table); i++) {
             ft[i * 48] = feature_table[i].type;
@@ -211,6 +226,13 @@ bool qcow2_serialize_header(Qcow2State *s, uint8_t *buf, size_t cap)
                    strlen(feature_table[i].name));
         }
         pos = add_ext(buf, pos, cap, QCOW2_EXT_FEATURE_TABLE, ft, sizeof(ft));
+    }
+    if (s->has_bitmaps_ext && s->nb_bitmaps && pos) {
+        uint8_t bx[24] = { 0 };
+        put32(bx, s->nb_bitmaps);
+        put64(bx + 8, s->bitmap_dir_size);
+        put64(bx + 16, s->bitmap_dir_offset);
+        pos = add_ext(buf, pos, cap, QCOW2_EXT_BITMAPS, bx, sizeof(bx));
     }
     for (guint i = 0; s->unknown_exts && i < s->unknown_exts->len && pos; i++) {
         Qcow2UnknownExt *e = s->unknown_exts->pdata[i];
@@ -329,17 +351,17 @@ static bool read_extensions(Qcow2State *s, const uint8_t *buf, size_t len,
             break;
         case QCOW2_EXT_CRYPTO:
             break;
+        case QCOW2_EXT_BITMAPS:
+            if (!qcow2_parse_bitmaps_ext(s, buf + pos, elen, errp)) {
+                return false;
+            }
+            break;
         default: {
             Qcow2UnknownExt *e = g_new0(Qcow2UnknownExt, 1);
             e->type = type;
             e->len = elen;
             e->data = g_memdup2(buf + pos, elen);
             g_ptr_array_add(s->unknown_exts, e);
-            if (type == QCOW2_EXT_BITMAPS && elen >= 24) {
-                s->nb_bitmaps = be32(buf + pos);
-                s->bitmap_ext_dir_size = be64(buf + pos + 8);
-                s->bitmap_ext_dir_offset = be64(buf + pos + 16);
-            }
             break;
         }
         }
@@ -674,6 +696,10 @@ static bool open_children(Qcow2State *s, json_t *options, GError **errp)
 
 static void free_state(Qcow2State *s)
 {
+    qcow2_snapshots_free(s);
+    qcow2_bitmaps_free(s);
+    g_free(s->meta);
+    g_free(s->inactive_l2);
     qcow2_cache_destroy(&s->l2_cache);
     qcow2_cache_destroy(&s->rb_cache);
     g_free(s->l1);
@@ -701,11 +727,13 @@ static void free_state(Qcow2State *s)
 
 static bool open_rw_fixups(Qcow2State *s, GError **errp)
 {
-    uint64_t clear = s->autoclear & ~QCOW2_AUTOCLEAR_DATA_RAW;
+    uint64_t clear = s->autoclear & ~(QCOW2_AUTOCLEAR_DATA_RAW |
+                                      (s->has_bitmaps_ext ?
+                                       QCOW2_AUTOCLEAR_BITMAPS : 0));
 
     if (clear) {
-        /* Spec: unknown autoclear bits, and the bitmaps bit we do not keep
-         * up to date, are cleared before the first write. */
+        /* Spec: unknown autoclear bits (and the bitmaps bit without a
+         * bitmaps extension) are cleared before the first write. */
         uint8_t b[8];
         int ret;
         s->autoclear &= ~clear;
@@ -806,10 +834,13 @@ static bool qcow2_open(BlockNode *bs, json_t *options, GError **errp)
         goto fail;
     }
     if (!parse_header(s, buf, MIN(len, (size_t)(2 << 20)), file_len, errp) ||
-        !load_tables(s, errp) || !setup_caches(s, options, errp)) {
+        !load_tables(s, errp) || !setup_caches(s, options, errp) ||
+        !qcow2_read_snapshots(s, file_len, errp) ||
+        !qcow2_read_bitmap_dir(s, file_len, errp)) {
         goto fail;
     }
     s->file_end = (uint64_t)file_len;
+    s->meta_stale = s->inactive_l2_stale = true;
     s->writable = bs->open_flags & BLOCK_O_RDWR;
     if (!ferry_opt_bool(options, "lazy-refcounts",
                         s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS, &lazy, errp) ||
@@ -838,6 +869,16 @@ static bool qcow2_open(BlockNode *bs, json_t *options, GError **errp)
         goto fail;
     }
     if (s->writable && !open_rw_fixups(s, errp)) {
+        goto fail;
+    }
+    /*
+     * Bitmaps come into the node unless a read-only user said it does not
+     * want them (a writer must load them: its writes change them) or check
+     * looks at the image as it is.
+     */
+    if (s->has_bitmaps_ext && !(bs->open_flags & BLOCK_O_CHECK) &&
+        (s->writable || !(bs->open_flags & BLOCK_O_NO_BITMAPS)) &&
+        !qcow2_load_bitmaps(s, errp)) {
         goto fail;
     }
     return true;
@@ -893,7 +934,12 @@ static void qcow2_close(BlockNode *bs)
         return;
     }
     if (s->writable && !(s->incompat & QCOW2_INCOMPAT_CORRUPT)) {
+        GError *err = NULL;
         g_mutex_lock(&s->lock);
+        if (!qcow2_store_bitmaps_locked(s, &err)) {
+            ferry_error_report("%s", err->message);
+            g_error_free(err);
+        }
         if (qcow2_flush_locked(s) == 0 && (s->incompat & QCOW2_INCOMPAT_DIRTY) &&
             qcow2_barrier(s) == 0) {
             s->incompat &= ~QCOW2_INCOMPAT_DIRTY;
@@ -969,6 +1015,20 @@ static bool shrink_locked(Qcow2State *s, uint64_t size, GError **errp)
     return true;
 }
 
+/* Inconsistent bitmaps cannot follow a resize: QEMU refuses it too. */
+static bool has_inconsistent_bitmaps(BlockNode *bs)
+{
+    bool found = false;
+
+    g_mutex_lock(&bs->bitmaps_lock);
+    for (GList *l = bs->bitmaps; l && !found; l = l->next) {
+        BlockDirtyBitmap *bm = l->data;
+        found = bm->persistent && bm->inconsistent;
+    }
+    g_mutex_unlock(&bs->bitmaps_lock);
+    return found;
+}
+
 static bool qcow2_truncate(BlockNode *bs, int64_t size, bool exact,
                            BlockPrealloc prealloc, GError **errp)
 {
@@ -985,6 +1045,25 @@ static bool qcow2_truncate(BlockNode *bs, int64_t size, bool exact,
         CORRUPT("qcow2 '%s': the image is marked corrupt", fname(s));
         return false;
     }
+    if (s->nb_snapshots && s->version < 3) {
+        /* v2 snapshot entries need not record their disk size. */
+        ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED, "qcow2 '%s': cannot "
+                        "resize a compat=0.10 image with internal snapshots",
+                        fname(s));
+        return false;
+    }
+    if (has_inconsistent_bitmaps(bs)) {
+        ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED, "qcow2 '%s': cannot "
+                        "resize an image with inconsistent bitmaps (remove "
+                        "them with 'ferry img bitmap --remove')", fname(s));
+        return false;
+    }
+    ret = qcow2_bitmaps_before_write_locked(s);
+    if (ret < 0) {
+        ferry_error_setg_errno(errp, -ret, "qcow2 '%s': cannot mark the "
+                               "bitmaps in use", fname(s));
+        return false;
+    }
     if ((uint64_t)size < old) {
         if (!exact) {
             return true;    /* "at least size": it already is */
@@ -992,11 +1071,6 @@ static bool qcow2_truncate(BlockNode *bs, int64_t size, bool exact,
         if (s->nb_snapshots) {
             ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED, "qcow2 '%s': cannot "
                             "shrink an image with internal snapshots", fname(s));
-            return false;
-        }
-        if (s->nb_bitmaps) {
-            ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED, "qcow2 '%s': cannot "
-                            "shrink an image with persistent bitmaps", fname(s));
             return false;
         }
         if (prealloc != BLOCK_PREALLOC_OFF) {
@@ -1051,6 +1125,11 @@ static bool qcow2_get_info(BlockNode *bs, BlockImageInfo *info, GError **errp)
     if (s->version >= 3) {
         json_object_set_new(data, "lazy-refcounts",
                             json_boolean(s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS));
+        g_mutex_lock(&s->lock);
+        if (s->bitmaps && s->bitmaps->len) {
+            json_object_set_new(data, "bitmaps", qcow2_bitmap_info(s));
+        }
+        g_mutex_unlock(&s->lock);
     }
     json_object_set_new(data, "refcount-bits", json_integer(s->refcount_bits));
     if (s->incompat & QCOW2_INCOMPAT_DATA_FILE) {
@@ -1081,7 +1160,13 @@ static bool qcow2_reopen(BlockNode *bs, uint32_t new_flags, GError **errp)
         return true;
     }
     if (!rw) {
+        GError *err = NULL;
         g_mutex_lock(&s->lock);
+        if (!qcow2_store_bitmaps_locked(s, &err)) {
+            g_propagate_error(errp, err);
+            g_mutex_unlock(&s->lock);
+            return false;
+        }
         qcow2_flush_locked(s);
         if (s->incompat & QCOW2_INCOMPAT_DIRTY) {
             qcow2_barrier(s);
@@ -1099,6 +1184,23 @@ static bool qcow2_reopen(BlockNode *bs, uint32_t new_flags, GError **errp)
     }
     s->writable = true;
     if (!open_rw_fixups(s, errp)) {
+        s->writable = false;
+        return false;
+    }
+    if (s->bitmaps_loaded) {
+        /* Writes will change them from now on: IN_USE before the first. */
+        bool any = false;
+        g_mutex_lock(&bs->bitmaps_lock);
+        for (GList *l = bs->bitmaps; l; l = l->next) {
+            BlockDirtyBitmap *bm = l->data;
+            if (bm->persistent) {
+                bm->readonly = false;
+                any = any || !bm->inconsistent;
+            }
+        }
+        g_mutex_unlock(&bs->bitmaps_lock);
+        s->bitmaps_need_mark = any;
+    } else if (s->has_bitmaps_ext && !qcow2_load_bitmaps(s, errp)) {
         s->writable = false;
         return false;
     }
@@ -1147,7 +1249,8 @@ const BlockDriver qcow2_driver = {
     .name                = "qcow2",
     .kind                = BLOCK_DRIVER_FORMAT,
     .caps                = BLOCK_CAP_BACKING | BLOCK_CAP_COMPRESSED |
-                           BLOCK_CAP_ZERO_INIT,
+                           BLOCK_CAP_ZERO_INIT | BLOCK_CAP_SNAPSHOTS |
+                           BLOCK_CAP_BITMAPS,
     .state_size          = sizeof(Qcow2State),
     .open_opts           = qcow2_open_opts,
     .create_opts         = qcow2_create_opts,
@@ -1169,4 +1272,12 @@ const BlockDriver qcow2_driver = {
     .change_backing_file = qcow2_change_backing_file,
     .measure             = qcow2_measure,
     .make_empty          = qcow2_make_empty,
+    .amend               = qcow2_amend,
+    .snapshot_create     = qcow2_snapshot_create,
+    .snapshot_goto       = qcow2_snapshot_goto,
+    .snapshot_delete     = qcow2_snapshot_delete,
+    .snapshot_list       = qcow2_snapshot_list,
+    .bitmaps_store       = qcow2_bitmaps_store,
+    .bitmap_can_store    = qcow2_bitmap_can_store,
+    .bitmap_remove_persistent = qcow2_bitmap_remove_persistent,
 };

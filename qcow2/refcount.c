@@ -160,6 +160,7 @@ static int create_refblock(Qcow2State *s, uint64_t idx)
         return ret;
     }
     note_end(s, off + s->cluster_size);
+    s->meta_stale = true;
     FERRY_TRACE_POINT(QCOW2, "node=%s refblock-alloc idx=%" G_GUINT64_FORMAT
                       " off=0x%" G_GINT64_MODIFIER "x", s->bs->node_name, idx,
                       off);
@@ -266,6 +267,7 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries)
         goto fail;
     }
     note_end(s, (t + tclusters_total) * cs);
+    s->meta_stale = true;
     s->reftable_offset = t * cs;
     s->reftable_clusters = (uint32_t)tclusters;
     g_free(old_table);
@@ -440,6 +442,7 @@ int64_t qcow2_alloc_clusters(Qcow2State *s, uint64_t n)
             return ret;
         }
         note_end(s, (start + m) << s->cluster_bits);
+        s->meta_stale = true;
     }
     start += m;
     ret = qcow2_update_refcount(s, start << s->cluster_bits,
@@ -506,6 +509,46 @@ void qcow2_free_deferred(Qcow2State *s, uint64_t offset, uint64_t clusters,
 }
 
 /*
+ * Lower the refcounts of clusters nothing on disk refers to any more (the
+ * caller made sure of it: invariant 4, 8 or 9).  A cluster that becomes
+ * free leaves the L2 cache unwritten and, if type says so, is discarded in
+ * the file.
+ */
+int qcow2_free_clusters_now(Qcow2State *s, uint64_t offset, uint64_t clusters,
+                            Qcow2DiscardType type)
+{
+    uint64_t cs = s->cluster_size;
+    int ret;
+
+    if (!clusters) {
+        return 0;
+    }
+    if (offset >> s->cluster_bits <= s->free_byte_offset >> s->cluster_bits &&
+        s->free_byte_offset >> s->cluster_bits <
+        (offset >> s->cluster_bits) + clusters) {
+        s->free_byte_offset = 0;
+    }
+    ret = qcow2_update_refcount(s, offset, clusters * cs, -1);
+    if (ret < 0) {
+        return ret;
+    }
+    for (uint64_t c = 0; c < clusters; c++) {
+        uint64_t off = offset + c * cs, rc = 1;
+        if (qcow2_get_refcount(s, off >> s->cluster_bits, &rc) < 0 || rc) {
+            continue;
+        }
+        if (qcow2_is_meta_cluster(s, off)) {
+            s->meta_stale = true;   /* the overlap check forgets it */
+        }
+        qcow2_cache_discard(&s->l2_cache, off);
+        if (s->discard_passthrough[type]) {
+            block_node_pdiscard(s->bs->file->node, off, cs);
+        }
+    }
+    return 0;
+}
+
+/*
  * Invariant 4: the caller has written the L2 cache and issued a barrier,
  * so nothing on disk refers to these clusters any more.
  */
@@ -516,19 +559,7 @@ int qcow2_apply_deferred_frees(Qcow2State *s)
     for (guint i = 0; i < s->deferred->len && ret == 0; i++) {
         Qcow2DeferredFree *f = &g_array_index(s->deferred, Qcow2DeferredFree,
                                               i);
-        uint64_t cs = s->cluster_size;
-        ret = qcow2_update_refcount(s, f->offset, f->clusters * cs, -1);
-        if (ret == 0 && s->discard_passthrough[f->type]) {
-            /* Pass down the clusters that became free. */
-            for (uint64_t c = 0; c < f->clusters; c++) {
-                uint64_t rc;
-                if (qcow2_get_refcount(s, (f->offset >> s->cluster_bits) + c,
-                                       &rc) == 0 && rc == 0) {
-                    block_node_pdiscard(s->bs->file->node, f->offset + c * cs,
-                                        cs);
-                }
-            }
-        }
+        ret = qcow2_free_clusters_now(s, f->offset, f->clusters, f->type);
     }
     g_array_set_size(s->deferred, 0);
     s->deferred_clusters = 0;
@@ -538,19 +569,23 @@ int qcow2_apply_deferred_frees(Qcow2State *s)
 /* -- rebuild ------------------------------------------------------------- */
 
 /*
- * Replace every refcount with computed[] (nb_clusters entries, may be
- * reallocated larger): a new table and blocks past the image's end, then
- * the header switches to them.  The old structures become free space.
+ * Replace every refcount with computed[] (nb_clusters entries), packed with
+ * refcount order `order`: a new table and blocks past the image's end, then
+ * one header write switches to them (invariant 10).  The old structures
+ * become free space.
  */
-bool qcow2_rebuild_refcounts(Qcow2State *s, uint64_t *computed,
-                             uint64_t nb_clusters, GError **errp)
+static bool rebuild(Qcow2State *s, const uint64_t *computed,
+                    uint64_t nb_clusters, uint32_t order, GError **errp)
 {
-    uint64_t cs = s->cluster_size, rb_entries = 1ull << s->rb_bits;
+    uint64_t cs = s->cluster_size;
+    uint32_t rb_bits = s->cluster_bits + 3 - order;
+    uint64_t rb_entries = 1ull << rb_bits;
+    uint64_t max = order == 6 ? UINT64_MAX : (1ull << (1u << order)) - 1;
     uint64_t t = nb_clusters, entries = 1, tclusters = 1, nblocks = 1, total;
     g_autofree uint64_t *rc = NULL;
     g_autofree uint64_t *table = NULL;
     g_autofree uint8_t *block = NULL;
-    uint8_t hdr[12];
+    uint8_t hdr[QCOW2_HDR_V3_CREATE_LEN];
     int ret;
 
     for (;;) {
@@ -570,7 +605,7 @@ bool qcow2_rebuild_refcounts(Qcow2State *s, uint64_t *computed,
     if (tclusters * cs > QCOW2_MAX_REFTABLE_BYTES) {
         ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED,
                         "qcow2 '%s': the image is too large to rebuild its "
-                        "refcounts", s->bs->filename);
+                        "refcounts", qcow2_fname(s));
         return false;
     }
     rc = g_try_new0(uint64_t, total);
@@ -578,7 +613,7 @@ bool qcow2_rebuild_refcounts(Qcow2State *s, uint64_t *computed,
     block = g_try_malloc(cs);
     if (!rc || !table || !block) {
         ferry_error_set(errp, FERRY_ERROR_FAILED, "qcow2 '%s': out of memory "
-                        "rebuilding refcounts", s->bs->filename);
+                        "rebuilding refcounts", qcow2_fname(s));
         return false;
     }
     memcpy(rc, computed, nb_clusters * 8);
@@ -586,12 +621,20 @@ bool qcow2_rebuild_refcounts(Qcow2State *s, uint64_t *computed,
         rc[c] = 1;
     }
     for (uint64_t c = 0; c < total; c++) {
-        if (rc[c] > s->refcount_max) {
-            ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED,
-                            "qcow2 '%s': cluster 0x%" G_GINT64_MODIFIER "x has "
-                            "%" G_GUINT64_FORMAT " references, more than "
-                            "refcount_bits=%u can count", s->bs->filename,
-                            c * cs, rc[c], s->refcount_bits);
+        if (rc[c] > max) {
+            if (order != s->refcount_order) {
+                ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED,
+                                "Cannot decrease refcount entry width to %u "
+                                "bits: cluster at offset 0x%" G_GINT64_MODIFIER
+                                "x has a refcount of %" G_GUINT64_FORMAT,
+                                1u << order, c * cs, rc[c]);
+            } else {
+                ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED,
+                                "qcow2 '%s': cluster 0x%" G_GINT64_MODIFIER "x "
+                                "has %" G_GUINT64_FORMAT " references, more "
+                                "than refcount_bits=%u can count",
+                                qcow2_fname(s), c * cs, rc[c], 1u << order);
+            }
             return false;
         }
     }
@@ -601,8 +644,7 @@ bool qcow2_rebuild_refcounts(Qcow2State *s, uint64_t *computed,
         memset(block, 0, cs);
         for (uint64_t i = 0; i < rb_entries && b * rb_entries + i < total;
              i++) {
-            qcow2_rc_set_entry(block, s->refcount_order, i,
-                               rc[b * rb_entries + i]);
+            qcow2_rc_set_entry(block, order, i, rc[b * rb_entries + i]);
         }
         ret = block_node_pwrite(s->bs->file->node, off, cs, block, 0);
         if (ret < 0) {
@@ -618,9 +660,28 @@ bool qcow2_rebuild_refcounts(Qcow2State *s, uint64_t *computed,
     if (ret < 0) {
         goto io_fail;
     }
-    *(uint64_t *)hdr = GUINT64_TO_BE(t * cs);
-    *(uint32_t *)(hdr + 8) = GUINT32_TO_BE((uint32_t)tclusters);
-    ret = qcow2_write_header_field(s, QCOW2_HDR_REFTABLE_OFF, hdr, 12);
+    if (order == s->refcount_order) {
+        *(uint64_t *)hdr = GUINT64_TO_BE(t * cs);
+        *(uint32_t *)(hdr + 8) = GUINT32_TO_BE((uint32_t)tclusters);
+        ret = qcow2_write_header_field(s, QCOW2_HDR_REFTABLE_OFF, hdr, 12);
+    } else {
+        /* Table and width in one write: bytes 48..99 of the header. */
+        uint64_t old_off = s->reftable_offset;
+        uint32_t old_clusters = s->reftable_clusters, old_order =
+            s->refcount_order;
+        g_autofree uint8_t *full = g_malloc(cs);
+        s->reftable_offset = t * cs;
+        s->reftable_clusters = (uint32_t)tclusters;
+        s->refcount_order = order;
+        qcow2_serialize_header(s, full, cs);
+        s->reftable_offset = old_off;
+        s->reftable_clusters = old_clusters;
+        s->refcount_order = old_order;
+        memcpy(hdr, full, sizeof(hdr));
+        ret = qcow2_write_header_field(s, QCOW2_HDR_REFTABLE_OFF,
+                                       hdr + QCOW2_HDR_REFTABLE_OFF,
+                                       100 - QCOW2_HDR_REFTABLE_OFF);
+    }
     if (ret == 0) {
         ret = qcow2_barrier(s);
     }
@@ -635,15 +696,69 @@ bool qcow2_rebuild_refcounts(Qcow2State *s, uint64_t *computed,
     s->reftable_offset = t * cs;
     s->reftable_clusters = (uint32_t)tclusters;
     s->reftable_size = entries;
+    s->refcount_order = order;
+    s->refcount_bits = 1u << order;
+    s->refcount_max = max;
+    s->rb_bits = rb_bits;
     s->free_cluster_index = 0;
     s->free_byte_offset = 0;
-    s->file_end = total * cs;
+    s->file_end = MAX(s->file_end, total * cs);
+    s->meta_stale = true;
     g_array_set_size(s->deferred, 0);
     s->deferred_clusters = 0;
     return true;
 
 io_fail:
     ferry_error_setg_errno(errp, -ret, "qcow2 '%s': cannot write the rebuilt "
-                           "refcounts", s->bs->filename);
+                           "refcounts", qcow2_fname(s));
     return false;
+}
+
+bool qcow2_rebuild_refcounts(Qcow2State *s, uint64_t *computed,
+                             uint64_t nb_clusters, GError **errp)
+{
+    return rebuild(s, computed, nb_clusters, s->refcount_order, errp);
+}
+
+/*
+ * amend refcount_bits: every refcount as it is now, without the old
+ * refcount structures (they become free), rewritten at the new width.
+ */
+bool qcow2_change_refcount_order(Qcow2State *s, uint32_t order, GError **errp)
+{
+    uint64_t nb = qcow2_align_up(s->file_end, s->cluster_size)
+                  >> s->cluster_bits;
+    g_autofree uint64_t *rc = NULL;
+    uint64_t first = s->reftable_offset >> s->cluster_bits;
+    int ret = qcow2_flush_locked(s);
+
+    if (ret < 0) {
+        ferry_error_setg_errno(errp, -ret, "qcow2 '%s': cannot flush",
+                               qcow2_fname(s));
+        return false;
+    }
+    rc = g_try_new0(uint64_t, MAX(nb, 1));
+    if (!rc) {
+        ferry_error_set(errp, FERRY_ERROR_FAILED, "qcow2 '%s': out of memory "
+                        "for the refcounts", qcow2_fname(s));
+        return false;
+    }
+    for (uint64_t i = 0; i < nb; i++) {
+        ret = qcow2_get_refcount(s, i, &rc[i]);
+        if (ret < 0) {
+            ferry_error_setg_errno(errp, -ret, "qcow2 '%s': cannot read the "
+                                   "refcounts", qcow2_fname(s));
+            return false;
+        }
+    }
+    for (uint64_t i = first; i < first + s->reftable_clusters && i < nb; i++) {
+        rc[i] = 0;
+    }
+    for (uint64_t i = 0; i < s->reftable_size; i++) {
+        uint64_t ci = s->reftable[i] >> s->cluster_bits;
+        if (s->reftable[i] && ci < nb) {
+            rc[ci] = 0;
+        }
+    }
+    return rebuild(s, rc, nb, order, errp);
 }

@@ -19,6 +19,12 @@ names=${*:-$(ls tests/fuzz | sed -n 's/^fuzz-\(.*\)\.c$/\1/p' | grep -v main)}
 for n in $names; do
     mkdir -p "$top/tests/fuzz/crashes/$n" "$work/corpus-$n"
     cp "$top/tests/fuzz/corpus/$n/"* "$work/corpus-$n/" 2>/dev/null || true
+    if [ "$n" = qcow2 ]; then
+        python3 "$top/tests/corrupt/corrupt_images.py" "$work/corpus-$n" >/dev/null
+        for f in "$work/corpus-$n"/*.qcow2; do
+            case "$f" in *.b.qcow2) rm -f "$f" ;; esac
+        done
+    fi
     echo "fuzz-$n: $secs s"
     ./tests/fuzz/fuzz-"$n" -max_total_time="$secs" -print_final_stats=1 \
         -artifact_prefix="$top/tests/fuzz/crashes/$n/" "$work/corpus-$n" \

@@ -11,6 +11,7 @@ qemu-utils libnbd-bin nbdkit
 python3 python3-pytest python3-pytest-xdist
 clang libfuzzer-14-dev
 fio hyperfine openssl
+cpio lz4
 "
 
 missing=""

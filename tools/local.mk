@@ -4,6 +4,8 @@ ferry_SOURCES += \
 	tools/img/create.c \
 	tools/img/info.c tools/img/info.h \
 	tools/nbd/nbd.c \
+	tools/img/convert.c \
+	tools/img/convert-plan.c tools/img/convert-plan.h \
 	tools/io/io.c \
 	$(NULL)
 

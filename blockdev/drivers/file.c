@@ -35,6 +35,8 @@ typedef struct FileState {
     bool has_punch;           /* likewise for PUNCH_HOLE */
     uint32_t locked_perm;     /* lock bytes held: perm bits */
     uint32_t locked_unshared; /* lock bytes held: bits we do not share */
+    int64_t length;           /* bytes, valid if length_valid; atomic */
+    bool length_valid;        /* atomic; see file_getlength() */
 } FileState;
 
 static const char *const file_open_opts[] = {
@@ -161,6 +163,9 @@ static bool file_set_perm(BlockNode *bs, uint32_t perm, uint32_t shared,
                           GError **errp)
 {
     FileState *s = bs->opaque;
+
+    /* Whether others may now grow the file changed: look again. */
+    __atomic_store_n(&s->length_valid, false, __ATOMIC_RELEASE);
 
     if (!s->use_lock) {
         return true;
@@ -303,6 +308,7 @@ static bool file_reopen(BlockNode *bs, uint32_t new_flags, GError **errp)
     }
     close(s->fd);
     s->fd = fd;
+    __atomic_store_n(&s->length_valid, false, __ATOMIC_RELEASE);
     return true;
 }
 
@@ -333,6 +339,17 @@ static int file_pread(BlockNode *bs, int64_t offset, int64_t bytes, void *buf,
     return 0;
 }
 
+/* A write (or allocation) reached end: the file is at least that long. */
+static void note_written(FileState *s, int64_t end)
+{
+    int64_t cur = __atomic_load_n(&s->length, __ATOMIC_RELAXED);
+
+    while (cur < end &&
+           !__atomic_compare_exchange_n(&s->length, &cur, end, true,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+}
+
 static int file_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
                        const void *buf, uint32_t flags)
 {
@@ -354,12 +371,12 @@ static int file_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
         offset += n;
         bytes -= n;
     }
+    note_written(s, offset);
     return 0;
 }
 
-static int64_t file_getlength(BlockNode *bs)
+static int64_t stat_length(FileState *s)
 {
-    FileState *s = bs->opaque;
     struct stat st;
 
     if (s->is_blockdev) {
@@ -373,6 +390,29 @@ static int64_t file_getlength(BlockNode *bs)
         return -errno;
     }
     return st.st_size;
+}
+
+/*
+ * The length is asked on every request through a format node: keep it,
+ * and grow it with our own writes past the end.  Only while nobody else
+ * may write or resize the file (a format's file child, or our own lock);
+ * truncate, reopen and permission changes make us look again.
+ */
+static int64_t file_getlength(BlockNode *bs)
+{
+    FileState *s = bs->opaque;
+    int64_t len;
+
+    if (!(bs->shared & (BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE)) &&
+        __atomic_load_n(&s->length_valid, __ATOMIC_ACQUIRE)) {
+        return __atomic_load_n(&s->length, __ATOMIC_RELAXED);
+    }
+    len = stat_length(s);
+    if (len >= 0) {
+        __atomic_store_n(&s->length, len, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->length_valid, true, __ATOMIC_RELEASE);
+    }
+    return len;
 }
 
 /* Extend the file to end if it is shorter (zeroes past EOF are implicit). */
@@ -428,6 +468,9 @@ static int file_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes,
         }
     }
 out:
+    if (ret == 0) {
+        note_written(s, offset + bytes);   /* ZERO_RANGE grows the file too */
+    }
     if (ret == 0 && (flags & BLOCK_REQ_FUA) &&
         !(bs->open_flags & BLOCK_O_NO_FLUSH) && fdatasync(s->fd) < 0) {
         ret = -errno;
@@ -578,8 +621,9 @@ static bool file_truncate(BlockNode *bs, int64_t size, bool exact,
                           BlockPrealloc prealloc, GError **errp)
 {
     FileState *s = bs->opaque;
-    int64_t len = file_getlength(bs);
+    int64_t len = stat_length(s);
 
+    __atomic_store_n(&s->length_valid, false, __ATOMIC_RELEASE);
     if (len < 0) {
         ferry_error_setg_errno(errp, (int)-len, "cannot get the size of '%s'",
                                s->path);

@@ -5,6 +5,8 @@ FUZZ_HARNESSES = \
 	tests/fuzz/fuzz-opts \
 	tests/fuzz/fuzz-nbd-parse \
 	tests/fuzz/fuzz-nbd-session \
+	tests/fuzz/fuzz-virtqueue \
+	tests/fuzz/fuzz-qcow2 \
 	$(NULL)
 
 if ENABLE_FUZZING
@@ -30,3 +32,9 @@ tests_fuzz_fuzz_nbd_parse_LDADD = $(FERRY_LIBS)
 tests_fuzz_fuzz_nbd_session_SOURCES = tests/fuzz/fuzz-nbd-session.c $(FUZZ_MAIN)
 tests_fuzz_fuzz_nbd_session_CFLAGS = $(FUZZ_CFLAGS)
 tests_fuzz_fuzz_nbd_session_LDADD = $(FERRY_LIBS)
+tests_fuzz_fuzz_virtqueue_SOURCES = tests/fuzz/fuzz-virtqueue.c $(FUZZ_MAIN)
+tests_fuzz_fuzz_virtqueue_CFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_fuzz_virtqueue_LDADD = $(FERRY_LIBS)
+tests_fuzz_fuzz_qcow2_SOURCES = tests/fuzz/fuzz-qcow2.c $(FUZZ_MAIN)
+tests_fuzz_fuzz_qcow2_CFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_fuzz_qcow2_LDADD = $(FERRY_LIBS)

@@ -12,3 +12,11 @@ tests_unit_common_test_opts_LDADD = $(FERRY_LIBS)
 tests_unit_common_test_units_LDADD = $(FERRY_LIBS)
 tests_unit_blockdev_test_bitmap_LDADD = $(FERRY_LIBS)
 tests_unit_blockdev_test_graph_LDADD = $(FERRY_LIBS)
+
+# ferry img convert's pure logic (chunking, zero detection)
+UNIT_TESTS += tests/unit/tools/test-convert-plan
+tests_unit_tools_test_convert_plan_SOURCES = \
+	tests/unit/tools/test-convert-plan.c \
+	tools/img/convert-plan.c tools/img/convert-plan.h \
+	$(NULL)
+tests_unit_tools_test_convert_plan_LDADD = $(FERRY_LIBS)

@@ -20,6 +20,14 @@ static const ImgCommand img_commands[] = {
     { "info", img_info,
       "info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt]\n"
       "        [--backing-chain] [-U] filename" },
+    { "convert", img_convert,
+      "convert [--object objectdef] [--image-opts] [--target-image-opts]\n"
+      "        [--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n]\n"
+      "        [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]\n"
+      "        [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param]\n"
+      "        [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W]\n"
+      "        [--salvage] [--progress=human|json] filename [filename2 [...]]\n"
+      "        output_filename" },
     { "check", img_check,
       "check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt]\n"
       "        [-r [leaks | all]] [-T src_cache] [-U] filename" },

@@ -29,6 +29,7 @@ typedef struct ImgCommand {
 
 int img_create(int argc, char **argv);
 int img_info(int argc, char **argv);
+int img_convert(int argc, char **argv);
 int img_check(int argc, char **argv);
 int img_map(int argc, char **argv);
 int img_compare(int argc, char **argv);

@@ -78,7 +78,7 @@ static int list_snapshots(BlockNode *bs)
     return IMG_EXIT_OK;
 }
 
-/* qemu-img deletes by name, then by ID. */
+/* qemu-img 7.2 deletes by name only (an ID is not found), as here. */
 static bool find_snapshot(BlockNode *bs, const char *name,
                           BlockSnapshotInfo *found, GError **errp)
 {
@@ -91,11 +91,6 @@ static bool find_snapshot(BlockNode *bs, const char *name,
     }
     for (int i = 0; i < n && hit < 0; i++) {
         if (list[i].name && !strcmp(list[i].name, name)) {
-            hit = i;
-        }
-    }
-    for (int i = 0; i < n && hit < 0; i++) {
-        if (list[i].id && !strcmp(list[i].id, name)) {
             hit = i;
         }
     }

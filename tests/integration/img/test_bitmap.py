@@ -91,10 +91,17 @@ def test_bitmap_merge_and_clear_seen_by_qemu(ferry, qemu_img, img, tmp_path):
 
 def test_bitmap_failures_like_qemu(ferry, qemu_img, img, tmp_path):
     qemu_img("bitmap", "--add", img, "b0")
+    theirs = tmp_path / "theirs.qcow2"
+    shutil.copy(img, theirs)
     before = sha(img)
-    for args in (["--clear", img, "nosuch"], ["--add", img, "b0"],
-                 ["--merge", "nosuch", img, "b0"], ["--remove", img, "nosuch"]):
-        o, _ = assert_same(ferry, qemu_img, "bitmap", *args, stdout=False)
-        assert o.rc == 1
+    for args in (["--clear", "IMG", "nosuch"], ["--add", "IMG", "b0"],
+                 ["--merge", "nosuch", "IMG", "b0"], ["--remove", "IMG", "nosuch"]):
+        o = ferry("img", "bitmap", *[img if a == "IMG" else a for a in args],
+                  check=False)
+        t = qemu_img("bitmap", *[theirs if a == "IMG" else a for a in args],
+                     check=False)
+        assert o.rc == t.rc == 1 and o.out == t.out, (o, t)
         one_line_error(o)
+    # qemu-img rewrites the bitmaps of an image it opened for writing even
+    # when the operation fails; ferry leaves the file alone
     assert sha(img) == before

@@ -286,6 +286,105 @@ static void test_concurrent_overlapping_writes(void)
     blk_unref(blk);
 }
 
+/*
+ * Invariant 11: a discard racing an in-place write of the same cluster
+ * waits for it.  Without that, the discard frees the host cluster, a flush
+ * makes it reusable, another write takes it for other data, and the late
+ * in-place write lands in that data.  Writer A is held by the driver's
+ * test hook between planning its in-place write and doing it, while B
+ * discards the cluster, flushes and writes a fresh cluster (which would
+ * take the freed host cluster).
+ */
+static GMutex race_lock;
+static GCond race_cond;
+static int race_state;      /* 0: A not there, 1: A held, 2: A released */
+
+static void race_hook(Qcow2State *s, const char *event)
+{
+    g_mutex_lock(&race_lock);
+    if (race_state == 0 && !strcmp(event, "in-place-write")) {
+        race_state = 1;
+        g_cond_broadcast(&race_cond);
+        while (race_state == 1) {
+            g_cond_wait(&race_cond, &race_lock);
+        }
+    }
+    g_mutex_unlock(&race_lock);
+}
+
+typedef struct RaceCtx {
+    BlockBackend *blk;
+    gint b_done;
+} RaceCtx;
+
+static gpointer race_a(gpointer opaque)
+{
+    RaceCtx *c = opaque;
+    uint8_t buf[65536];
+
+    memset(buf, 0xaa, sizeof(buf));
+    g_assert_cmpint(blk_pwrite(c->blk, 0, sizeof(buf), buf, 0), ==, 0);
+    return NULL;
+}
+
+static gpointer race_b(gpointer opaque)
+{
+    RaceCtx *c = opaque;
+    uint8_t buf[65536];
+
+    g_assert_cmpint(blk_pdiscard(c->blk, 0, 65536), ==, 0);
+    g_assert_cmpint(blk_flush(c->blk), ==, 0);
+    memset(buf, 0x5a, sizeof(buf));
+    g_assert_cmpint(blk_pwrite(c->blk, 1 << 20, sizeof(buf), buf, 0), ==, 0);
+    g_atomic_int_set(&c->b_done, 1);
+    return NULL;
+}
+
+static void test_discard_waits_for_inplace_write(void)
+{
+    g_autofree char *path = make_qcow2("race.qcow2", NULL, 4 << 20);
+    BlockBackend *blk = open_rw(path, "discard=unmap");
+    Qcow2State *s = blk_node(blk)->opaque;
+    RaceCtx c = { blk, 0 };
+    uint8_t buf[65536];
+    GThread *a, *b;
+    bool b_early;
+
+    memset(buf, 0x11, sizeof(buf));
+    g_assert_cmpint(blk_pwrite(blk, 0, sizeof(buf), buf, 0), ==, 0);
+    g_assert_cmpint(blk_flush(blk), ==, 0);
+    race_state = 0;
+    s->test_hook = race_hook;
+    a = g_thread_new("race-a", race_a, &c);
+    g_mutex_lock(&race_lock);
+    while (race_state != 1) {
+        g_cond_wait(&race_cond, &race_lock);
+    }
+    g_mutex_unlock(&race_lock);
+    b = g_thread_new("race-b", race_b, &c);
+    g_usleep(200 * 1000);
+    b_early = g_atomic_int_get(&c.b_done);
+    g_mutex_lock(&race_lock);
+    race_state = 2;
+    g_cond_broadcast(&race_cond);
+    g_mutex_unlock(&race_lock);
+    g_thread_join(a);
+    g_thread_join(b);
+    s->test_hook = NULL;
+
+    g_assert_false(b_early);        /* the discard waited for A's write */
+    g_assert_cmpint(blk_pread(blk, 1 << 20, sizeof(buf), buf, 0), ==, 0);
+    for (size_t i = 0; i < sizeof(buf); i++) {
+        if (buf[i] != 0x5a) {
+            g_error("byte %zu of the fresh cluster is 0x%02x: the late "
+                    "in-place write landed in a reused cluster", i, buf[i]);
+        }
+    }
+    g_assert_cmpint(blk_flush(blk), ==, 0);
+    assert_clean(blk);
+    blk_unref(blk);
+}
+
 /* Growing with preallocation maps the new clusters; shrinking frees them. */
 static void test_truncate_prealloc_and_shrink(void)
 {
@@ -339,6 +438,8 @@ int main(int argc, char **argv)
                     test_concurrent_writers_same_clusters);
     g_test_add_func("/qcow2/cluster/concurrent-overlapping-writes",
                     test_concurrent_overlapping_writes);
+    g_test_add_func("/qcow2/cluster/discard-waits-for-in-place-write",
+                    test_discard_waits_for_inplace_write);
     g_test_add_func("/qcow2/truncate/prealloc-and-shrink",
                     test_truncate_prealloc_and_shrink);
     ret = g_test_run();

@@ -1,0 +1,4 @@
+# ferry run
+ferry_SOURCES += \
+	tools/run/run.c \
+	$(NULL)
