@@ -32,6 +32,29 @@
 
 /* -- exports -------------------------------------------------------------- */
 
+/*
+ * Clients were told the export's size at GO: nobody may resize the node
+ * while it is exported (qemu-nbd -r refuses images others may resize,
+ * too).  A read-only export reads consistently and lets others write.
+ */
+static bool export_perm(BlockBackend *blk, bool readonly, GError **errp)
+{
+    uint32_t perm, shared;
+
+    blk_perm_for_flags(readonly ? 0 : BLOCK_O_RDWR, &perm, &shared);
+    if (readonly) {
+        perm &= ~(BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE);
+    }
+    shared &= ~BLOCK_PERM_RESIZE;
+    if (!blk_set_perm(blk, perm, shared, errp)) {
+        g_prefix_error(errp, "cannot export '%s': ",
+                       blk_node(blk)->filename ? blk_node(blk)->filename
+                                               : blk_node(blk)->node_name);
+        return false;
+    }
+    return true;
+}
+
 NbdExport *nbd_export_new(BlockBackend *blk, const NbdExportConfig *cfg,
                           GError **errp)
 {
@@ -96,6 +119,9 @@ NbdExport *nbd_export_new(BlockBackend *blk, const NbdExportConfig *cfg,
         }
         bm->busy = true;
         exp->bitmaps[exp->nb_bitmaps++] = bm;
+    }
+    if (!export_perm(blk, exp->readonly, errp)) {
+        goto fail;
     }
     exp->blk = blk;       /* ownership passes to the export */
     return exp;
