@@ -102,8 +102,8 @@ NbdExport *nbd_export_new(BlockBackend *blk, const NbdExportConfig *cfg,
         BlockDirtyBitmap *bm = block_dirty_bitmap_find(bs, cfg->bitmaps[i]);
         if (!bm) {
             ferry_error_set(errp, FERRY_ERROR_NOT_FOUND,
-                            "bitmap '%s' not found on node '%s'",
-                            cfg->bitmaps[i], bs->node_name);
+                            "bitmap '%s' not found in '%s'", cfg->bitmaps[i],
+                            bs->filename ? bs->filename : bs->node_name);
             goto fail;
         }
         if (bm->busy) {
