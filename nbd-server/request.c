@@ -768,7 +768,8 @@ void nbd_client_work(NbdClient *c, bool may_retire)
             g_atomic_int_get(&c->nb_workers) < c->max_workers &&
             want_more_workers(c)) {
             g_mutex_lock(&c->state_lock);
-            if (!__atomic_load_n(&c->dead, __ATOMIC_SEQ_CST) && c->nb_busy >= c->nb_workers &&
+            if (!__atomic_load_n(&c->dead, __ATOMIC_SEQ_CST) &&
+                c->nb_busy >= c->nb_workers &&
                 c->nb_workers < c->max_workers) {
                 nbd_client_spawn_worker_locked(c);
             }
