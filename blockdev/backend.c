@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stddef.h>
 
 #include "blockdev/backend.h"
 #include "blockdev/driver.h"
@@ -14,7 +15,59 @@ struct BlockBackend {
     BlockNode *root;          /* holds a reference; NULL when empty */
     BlockUser user;           /* our entry in root->users */
     int refcnt;
+    /* requests in flight and holds (block_node_replace moves root) */
+    int in_flight;            /* atomic */
+    int quiesce_counter;      /* atomic; >0 holds new requests */
+    GMutex drain_lock;
+    GCond drain_cond;
 };
+
+/* Same protocol as the graph's req_enter/req_exit, one level up. */
+static void blk_enter(BlockBackend *blk)
+{
+    for (;;) {
+        __atomic_add_fetch(&blk->in_flight, 1, __ATOMIC_SEQ_CST);
+        if (G_LIKELY(!__atomic_load_n(&blk->quiesce_counter, __ATOMIC_SEQ_CST))) {
+            return;
+        }
+        g_mutex_lock(&blk->drain_lock);
+        if (__atomic_sub_fetch(&blk->in_flight, 1, __ATOMIC_SEQ_CST) == 0) {
+            g_cond_broadcast(&blk->drain_cond);
+        }
+        while (__atomic_load_n(&blk->quiesce_counter, __ATOMIC_SEQ_CST)) {
+            g_cond_wait(&blk->drain_cond, &blk->drain_lock);
+        }
+        g_mutex_unlock(&blk->drain_lock);
+    }
+}
+
+static void blk_exit(BlockBackend *blk)
+{
+    if (__atomic_sub_fetch(&blk->in_flight, 1, __ATOMIC_SEQ_CST) == 0 &&
+        __atomic_load_n(&blk->quiesce_counter, __ATOMIC_SEQ_CST)) {
+        g_mutex_lock(&blk->drain_lock);
+        g_cond_broadcast(&blk->drain_cond);
+        g_mutex_unlock(&blk->drain_lock);
+    }
+}
+
+static void blk_quiesce(BlockUser *u, bool begin)
+{
+    BlockBackend *blk = (BlockBackend *)((char *)u -
+                                         offsetof(BlockBackend, user));
+
+    g_mutex_lock(&blk->drain_lock);
+    if (begin) {
+        __atomic_add_fetch(&blk->quiesce_counter, 1, __ATOMIC_SEQ_CST);
+        while (__atomic_load_n(&blk->in_flight, __ATOMIC_SEQ_CST) > 0) {
+            g_cond_wait(&blk->drain_cond, &blk->drain_lock);
+        }
+    } else if (__atomic_sub_fetch(&blk->quiesce_counter, 1,
+                                  __ATOMIC_SEQ_CST) == 0) {
+        g_cond_broadcast(&blk->drain_cond);
+    }
+    g_mutex_unlock(&blk->drain_lock);
+}
 
 void blk_perm_for_flags(uint32_t flags, uint32_t *perm, uint32_t *shared)
 {
@@ -44,6 +97,10 @@ BlockBackend *blk_new(const char *name, uint32_t perm, uint32_t shared)
     blk->user.what = name && *name
         ? g_strdup_printf("block backend '%s'", name)
         : g_strdup("a block backend");
+    blk->user.slot = &blk->root;
+    blk->user.quiesce = blk_quiesce;
+    g_mutex_init(&blk->drain_lock);
+    g_cond_init(&blk->drain_cond);
     return blk;
 }
 
@@ -73,6 +130,8 @@ void blk_unref(BlockBackend *blk)
         return;
     }
     blk_remove_node(blk);
+    g_mutex_clear(&blk->drain_lock);
+    g_cond_clear(&blk->drain_cond);
     g_free(blk->user.what);
     g_free(blk->name);
     g_free(blk);
@@ -151,35 +210,66 @@ static int check_range(BlockBackend *blk, int64_t offset, int64_t bytes,
 int blk_pread(BlockBackend *blk, int64_t offset, int64_t bytes, void *buf,
               uint32_t flags)
 {
-    int ret = check_range(blk, offset, bytes, 0);
-    return ret < 0 ? ret : block_node_pread(blk->root, offset, bytes, buf, flags);
+    int ret;
+
+    blk_enter(blk);
+    ret = check_range(blk, offset, bytes, 0);
+    if (ret == 0) {
+        ret = block_node_pread(blk->root, offset, bytes, buf, flags);
+    }
+    blk_exit(blk);
+    return ret;
 }
 
 int blk_pwrite(BlockBackend *blk, int64_t offset, int64_t bytes,
                const void *buf, uint32_t flags)
 {
-    int ret = check_range(blk, offset, bytes, BLOCK_PERM_WRITE);
-    return ret < 0 ? ret
-                   : block_node_pwrite(blk->root, offset, bytes, buf, flags);
+    int ret;
+
+    blk_enter(blk);
+    ret = check_range(blk, offset, bytes, BLOCK_PERM_WRITE);
+    if (ret == 0) {
+        ret = block_node_pwrite(blk->root, offset, bytes, buf, flags);
+    }
+    blk_exit(blk);
+    return ret;
 }
 
 int blk_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t bytes,
                       uint32_t flags)
 {
-    int ret = check_range(blk, offset, bytes, BLOCK_PERM_WRITE);
-    return ret < 0 ? ret
-                   : block_node_pwrite_zeroes(blk->root, offset, bytes, flags);
+    int ret;
+
+    blk_enter(blk);
+    ret = check_range(blk, offset, bytes, BLOCK_PERM_WRITE);
+    if (ret == 0) {
+        ret = block_node_pwrite_zeroes(blk->root, offset, bytes, flags);
+    }
+    blk_exit(blk);
+    return ret;
 }
 
 int blk_pdiscard(BlockBackend *blk, int64_t offset, int64_t bytes)
 {
-    int ret = check_range(blk, offset, bytes, BLOCK_PERM_WRITE);
-    return ret < 0 ? ret : block_node_pdiscard(blk->root, offset, bytes);
+    int ret;
+
+    blk_enter(blk);
+    ret = check_range(blk, offset, bytes, BLOCK_PERM_WRITE);
+    if (ret == 0) {
+        ret = block_node_pdiscard(blk->root, offset, bytes);
+    }
+    blk_exit(blk);
+    return ret;
 }
 
 int blk_flush(BlockBackend *blk)
 {
-    return blk->root ? block_node_flush(blk->root) : 0;
+    int ret;
+
+    blk_enter(blk);
+    ret = blk->root ? block_node_flush(blk->root) : 0;
+    blk_exit(blk);
+    return ret;
 }
 
 int64_t blk_getlength(BlockBackend *blk)

@@ -50,12 +50,12 @@ BlockDirtyBitmap *block_dirty_bitmap_create(BlockNode *bs, const char *name,
                         "between 512 and 2 GiB", granularity);
         return NULL;
     }
-    if (!name || !*name || strlen(name) > 1023) {
+    if (name && (!*name || strlen(name) > 1023)) {
         ferry_error_set(errp, FERRY_ERROR_INVALID,
                         "bitmap name must be 1 to 1023 bytes");
         return NULL;
     }
-    if (block_dirty_bitmap_find(bs, name)) {
+    if (name && block_dirty_bitmap_find(bs, name)) {
         ferry_error_set(errp, FERRY_ERROR_INVALID,
                         "bitmap '%s' already exists on node '%s'", name,
                         bs->node_name);
@@ -114,6 +114,16 @@ bool block_dirty_bitmap_remove(BlockNode *bs, const char *name, GError **errp)
     g_mutex_unlock(&bs->bitmaps_lock);
     bitmap_free(bm);
     return true;
+}
+
+void block_dirty_bitmap_release(BlockDirtyBitmap *bm)
+{
+    BlockNode *bs = bm->node;
+
+    g_mutex_lock(&bs->bitmaps_lock);
+    bs->bitmaps = g_list_remove(bs->bitmaps, bm);
+    g_mutex_unlock(&bs->bitmaps_lock);
+    bitmap_free(bm);
 }
 
 void block_dirty_bitmaps_release(BlockNode *bs)

@@ -14,7 +14,7 @@
 #include "blockdev/block.h"
 
 struct BlockDirtyBitmap {
-    char *name;
+    char *name;                 /* NULL: a job's anonymous bitmap */
     BlockNode *node;            /* not a reference: the node owns us */
     uint32_t granularity;       /* bytes per bit, a power of two >= 512 */
     int64_t size;               /* bytes of the node covered */
@@ -37,6 +37,9 @@ BlockDirtyBitmap *block_dirty_bitmap_find(BlockNode *bs, const char *name);
 /* Remove from the node (and, if persistent, from the image) and free. */
 bool block_dirty_bitmap_remove(BlockNode *bs, const char *name,
                                GError **errp);
+/* Remove one bitmap from its node and free it, leaving the image alone
+ * (jobs' anonymous bitmaps: created with name NULL, never stored). */
+void block_dirty_bitmap_release(BlockDirtyBitmap *bm);
 /* Free every bitmap of a node without touching the image (node close). */
 void block_dirty_bitmaps_release(BlockNode *bs);
 

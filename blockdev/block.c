@@ -9,6 +9,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -701,6 +702,18 @@ BlockNode *block_node_open(const char *spec, const char *fmt, json_t *extra,
 
 /* -- children ------------------------------------------------------------- */
 
+/* A parent's requests reach the child only inside its own: drain the parent. */
+static void child_edge_quiesce(BlockUser *u, bool begin)
+{
+    BlockChild *c = (BlockChild *)((char *)u - offsetof(BlockChild, user));
+
+    if (begin) {
+        block_node_drain_begin(c->parent);
+    } else {
+        block_node_drain_end(c->parent);
+    }
+}
+
 BlockChild *block_node_attach_child(BlockNode *parent, BlockNode *child,
                                     const char *name, BlockChildRole role,
                                     GError **errp)
@@ -713,6 +726,8 @@ BlockChild *block_node_attach_child(BlockNode *parent, BlockNode *child,
     c->node = child;
     c->user.what = g_strdup_printf("node '%s' (as its %s)", parent->node_name,
                                    name);
+    c->user.slot = &c->node;
+    c->user.quiesce = child_edge_quiesce;
     child_perm(parent, c, parent->perm, parent->shared, &c->user.perm,
                &c->user.shared);
     if (!block_node_add_user(child, &c->user, errp)) {
@@ -926,10 +941,11 @@ bool block_node_reopen(BlockNode *bs, uint32_t new_flags, GError **errp)
                         "become writable", bs->node_name);
         return false;
     }
-    block_node_drain_begin(bs);
     if (!(new_flags & BLOCK_O_RDWR) && (old_flags & BLOCK_O_RDWR)) {
+        /* before the drain: a flush is a request and would wait for it */
         block_node_flush(bs);
     }
+    block_node_drain_begin(bs);
     for (int i = 0; i < 2 && ok; i++) {
         if (kids[i] && rw_change) {
             uint32_t cf = (kids[i]->node->open_flags & ~BLOCK_O_RDWR) |
@@ -960,10 +976,144 @@ bool block_node_reopen(BlockNode *bs, uint32_t new_flags, GError **errp)
     return ok;
 }
 
+/* -- replacing a node under its users (mirror, active commit) ------------- */
+
+static bool is_edge_of(BlockUser *u, BlockNode *parent)
+{
+    return u->quiesce == child_edge_quiesce &&
+           ((BlockChild *)((char *)u - offsetof(BlockChild, user)))->parent ==
+           parent;
+}
+
+/* The users of bs but skip, snapshotted under the graph lock. */
+static GPtrArray *users_except(BlockNode *bs, BlockUser *skip)
+{
+    GPtrArray *list = g_ptr_array_new();
+
+    block_graph_lock();
+    for (guint i = 0; i < bs->users->len; i++) {
+        if (bs->users->pdata[i] != skip) {
+            g_ptr_array_add(list, bs->users->pdata[i]);
+        }
+    }
+    block_graph_unlock();
+    return list;
+}
+
+GPtrArray *block_node_quiesce_users(BlockNode *bs, BlockUser *skip)
+{
+    GPtrArray *list = users_except(bs, skip);
+
+    for (guint i = 0; i < list->len; i++) {
+        BlockUser *u = list->pdata[i];
+        if (u->quiesce) {
+            u->quiesce(u, true);
+        }
+    }
+    return list;
+}
+
+void block_users_unquiesce(GPtrArray *held)
+{
+    for (guint i = held->len; i-- > 0;) {
+        BlockUser *u = held->pdata[i];
+        if (u->quiesce) {
+            u->quiesce(u, false);
+        }
+    }
+    g_ptr_array_free(held, TRUE);
+}
+
+bool block_node_replace(BlockNode *from, BlockNode *to, BlockUser *skip,
+                        GError **errp)
+{
+    g_autoptr(GPtrArray) moving = g_ptr_array_new();
+    bool ok = true;
+
+    block_graph_lock();
+    for (guint i = 0; i < from->users->len; i++) {
+        BlockUser *u = from->users->pdata[i];
+        if (u == skip || is_edge_of(u, to)) {
+            continue;
+        }
+        if (!u->slot) {
+            ferry_error_set(errp, FERRY_ERROR_LOCKED,
+                            "node '%s': %s cannot be moved to node '%s'",
+                            from->node_name, u->what, to->node_name);
+            ok = false;
+            break;
+        }
+        if (!check_conflicts_locked(to, u->what, u->perm, u->shared, NULL,
+                                    errp)) {
+            ok = false;
+            break;
+        }
+        g_ptr_array_add(moving, u);
+    }
+    if (ok) {
+        for (guint i = 0; i < moving->len; i++) {
+            g_ptr_array_add(to->users, moving->pdata[i]);
+        }
+        ok = apply_perm_locked(to, errp);
+        if (!ok) {
+            for (guint i = 0; i < moving->len; i++) {
+                g_ptr_array_remove(to->users, moving->pdata[i]);
+            }
+        }
+    }
+    if (ok) {
+        for (guint i = 0; i < moving->len; i++) {
+            BlockUser *u = moving->pdata[i];
+            g_ptr_array_remove(from->users, u);
+            *u->slot = to;
+            to->refcnt++;
+            from->refcnt--;    /* the caller holds a reference of its own */
+        }
+        if (from->users->len) {
+            apply_perm_locked(from, NULL);
+        }
+    }
+    block_graph_unlock();
+    return ok;
+}
+
+void block_node_set_write_hook(BlockNode *bs, BlockWriteHook *hook)
+{
+    block_node_drain_begin(bs);
+    bs->write_hook = hook;
+    block_node_drain_end(bs);
+}
+
 /* -- drain ---------------------------------------------------------------- */
+
+/*
+ * The nodes this thread is inside a request of.  A request that re-enters
+ * the same node (a write hook reading the node it guards) is part of the
+ * outer request, which a drain already waits for: it must not wait itself.
+ */
+#define REQ_STACK_MAX 8
+static __thread BlockNode *req_stack[REQ_STACK_MAX];
+static __thread int req_stack_len;
+
+static inline bool req_reentered_below(BlockNode *bs)
+{
+    for (int i = 0; i < req_stack_len - 1 && i < REQ_STACK_MAX; i++) {
+        if (req_stack[i] == bs) {
+            return true;
+        }
+    }
+    return false;
+}
 
 static inline void req_enter(BlockNode *bs)
 {
+    if (req_stack_len < REQ_STACK_MAX) {
+        req_stack[req_stack_len] = bs;
+    }
+    if (req_stack_len++ > 0 && req_reentered_below(bs)) {
+        __atomic_add_fetch(&bs->in_flight, 1, __ATOMIC_SEQ_CST);
+        return;
+    }
     for (;;) {
         __atomic_add_fetch(&bs->in_flight, 1, __ATOMIC_SEQ_CST);
         if (G_LIKELY(!__atomic_load_n(&bs->quiesce_counter, __ATOMIC_SEQ_CST))) {
@@ -983,6 +1133,7 @@ static inline void req_enter(BlockNode *bs)
 
 static inline void req_exit(BlockNode *bs)
 {
+    req_stack_len--;
     if (__atomic_sub_fetch(&bs->in_flight, 1, __ATOMIC_SEQ_CST) == 0 &&
         __atomic_load_n(&bs->quiesce_counter, __ATOMIC_SEQ_CST)) {
         g_mutex_lock(&bs->drain_lock);
@@ -1117,11 +1268,18 @@ int block_node_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
 {
     int ret = check_request(bs, offset, bytes, true);
     int64_t start = offset, total = bytes;
+    BlockWriteHook *hook;
+    void *token = NULL;
 
     if (ret < 0 || bytes == 0) {
         return ret;
     }
     req_enter(bs);
+    hook = (flags & BLOCK_REQ_JOB) ? NULL : bs->write_hook;
+    if (hook && (ret = hook->begin(hook, bs, offset, bytes, &token)) < 0) {
+        req_exit(bs);
+        return ret;
+    }
     while (bytes > 0 && ret == 0) {
         int64_t n = MIN(bytes, BLOCK_MAX_REQUEST);
         if (is_aligned(bs, offset, n, buf)) {
@@ -1138,6 +1296,9 @@ int block_node_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
     }
     if (ret == 0 && (flags & BLOCK_REQ_FUA) && !(bs->drv->caps & BLOCK_CAP_FUA)) {
         ret = block_node_flush(bs);
+    }
+    if (hook) {
+        hook->end(hook, token);
     }
     req_exit(bs);
     FERRY_TRACE_POINT(BLOCKDEV, "pwrite node=%s off=0x%" G_GINT64_MODIFIER
@@ -1179,6 +1340,8 @@ int block_node_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes,
                              uint32_t flags)
 {
     int ret = check_request(bs, offset, bytes, true);
+    BlockWriteHook *hook;
+    void *token = NULL;
 
     if (ret < 0 || bytes == 0) {
         return ret;
@@ -1187,6 +1350,11 @@ int block_node_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes,
         flags &= ~BLOCK_REQ_MAY_UNMAP;
     }
     req_enter(bs);
+    hook = (flags & BLOCK_REQ_JOB) ? NULL : bs->write_hook;
+    if (hook && (ret = hook->begin(hook, bs, offset, bytes, &token)) < 0) {
+        req_exit(bs);
+        return ret;
+    }
     if (bs->drv->pwrite_zeroes) {
         ret = bs->drv->pwrite_zeroes(bs, offset, bytes, flags);
         if (ret == -ENOTSUP && !(flags & BLOCK_REQ_NO_FALLBACK)) {
@@ -1201,6 +1369,9 @@ int block_node_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes,
     if (ret == 0 && (flags & BLOCK_REQ_FUA) && !(bs->drv->caps & BLOCK_CAP_FUA)) {
         ret = block_node_flush(bs);
     }
+    if (hook) {
+        hook->end(hook, token);
+    }
     req_exit(bs);
     return ret;
 }
@@ -1208,6 +1379,8 @@ int block_node_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes,
 int block_node_pdiscard(BlockNode *bs, int64_t offset, int64_t bytes)
 {
     int ret = check_request(bs, offset, bytes, true);
+    BlockWriteHook *hook;
+    void *token = NULL;
 
     if (ret < 0 || bytes == 0) {
         return ret;
@@ -1217,12 +1390,20 @@ int block_node_pdiscard(BlockNode *bs, int64_t offset, int64_t bytes)
         return 0;
     }
     req_enter(bs);
+    hook = bs->write_hook;
+    if (hook && (ret = hook->begin(hook, bs, offset, bytes, &token)) < 0) {
+        req_exit(bs);
+        return ret;
+    }
     ret = bs->drv->pdiscard(bs, offset, bytes);
     if (ret == -ENOTSUP) {
         ret = 0;    /* discard is advisory */
     }
     if (ret == 0 && bs->bitmaps) {
         block_dirty_bitmaps_mark(bs, offset, bytes);
+    }
+    if (hook) {
+        hook->end(hook, token);
     }
     req_exit(bs);
     return ret;

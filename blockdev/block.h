@@ -54,6 +54,7 @@ typedef struct BlockDirtyBitmap BlockDirtyBitmap;
 #define BLOCK_REQ_NO_FALLBACK       (1u << 2)  /* fast zero or -ENOTSUP */
 #define BLOCK_REQ_WRITE_COMPRESSED  (1u << 3)  /* qcow2 -c: whole clusters */
 #define BLOCK_REQ_NO_BITMAPS        (1u << 4)  /* do not mark dirty bitmaps */
+#define BLOCK_REQ_JOB               (1u << 5)  /* a job's own: skips write_hook */
 
 /* Block status flags (return value of block_node_block_status()). */
 #define BLOCK_STATUS_DATA          (1u << 0)  /* reads come from this range */
@@ -79,11 +80,33 @@ typedef enum {
 } BlockPrealloc;
 
 /* A user of a node: a parent's child edge or a BlockBackend. */
-typedef struct BlockUser {
+typedef struct BlockUser BlockUser;
+struct BlockUser {
     char *what;                 /* "node 'top' (as its file)"; owned */
     uint32_t perm;
     uint32_t shared;
-} BlockUser;
+    /*
+     * For block_node_replace(): where the user holds its node (NULL: it
+     * cannot be moved), and how to hold and release its new requests
+     * (begin waits for those in flight).  Child edges drain the parent;
+     * backends count their own requests.
+     */
+    BlockNode **slot;
+    void (*quiesce)(BlockUser *u, bool begin);
+};
+
+/*
+ * A job's hook around write-like requests to a node (backup's
+ * copy-before-write, stream's serialisation against guest writes).  begin
+ * runs inside the request before the driver sees it and may fail it; end
+ * runs after, with begin's token.  Requests flagged BLOCK_REQ_JOB skip it.
+ */
+typedef struct BlockWriteHook BlockWriteHook;
+struct BlockWriteHook {
+    int (*begin)(BlockWriteHook *h, BlockNode *bs, int64_t offset,
+                 int64_t bytes, void **token);
+    void (*end)(BlockWriteHook *h, void *token);
+};
 
 struct BlockChild {
     char *name;                 /* "file", "backing", "data-file" */
@@ -124,6 +147,9 @@ struct BlockNode {
     /* dirty bitmaps: guarded by bitmaps_lock */
     GMutex bitmaps_lock;
     GList *bitmaps;             /* BlockDirtyBitmap* */
+
+    /* at most one; changed only while drained (block_node_set_write_hook) */
+    BlockWriteHook *write_hook;
 };
 
 /* -- opening and the graph ------------------------------------------------ */
@@ -193,6 +219,26 @@ bool block_node_update_user(BlockNode *bs, BlockUser *user, uint32_t perm,
 BlockNode *block_node_find(const char *node_name);
 /* All named nodes, for QMP query-named-block-nodes; caller unrefs each. */
 GPtrArray *block_node_list(void);
+
+/*
+ * Move the users of `from` (parents' edges and backends) over to `to`, as
+ * mirror and active commit do when they complete; `skip` (may be NULL)
+ * stays, and so do edges whose parent is `to` itself.  The caller has
+ * quiesced from's users (block_node_quiesce_users), so no request is in
+ * flight through a slot that changes.  Permissions are checked on `to`
+ * first; on failure nothing moved.
+ */
+bool block_node_replace(BlockNode *from, BlockNode *to, BlockUser *skip,
+                        GError **errp);
+/*
+ * Hold new requests from every user of bs but skip, waiting for those in
+ * flight; returns the users held, for block_users_unquiesce() (which they
+ * need even after block_node_replace moved them).
+ */
+GPtrArray *block_node_quiesce_users(BlockNode *bs, BlockUser *skip);
+void block_users_unquiesce(GPtrArray *held);
+/* Install (hook) or remove (NULL) the write hook; drains bs around it. */
+void block_node_set_write_hook(BlockNode *bs, BlockWriteHook *hook);
 
 /* Reopen read-write or read-only (commit needs its base writable). */
 bool block_node_reopen(BlockNode *bs, uint32_t new_flags, GError **errp);

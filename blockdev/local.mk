@@ -10,3 +10,14 @@ libferry_a_SOURCES += \
 if HAVE_LIBNBD
 libferry_a_SOURCES += blockdev/drivers/nbd.c
 endif
+
+# Block jobs: the framework and one file per job (blockdev/jobs/).
+libferry_a_SOURCES += \
+	blockdev/job.c blockdev/job.h blockdev/jobs.h \
+	blockdev/jobs/internal.h \
+	blockdev/jobs/util.c \
+	blockdev/jobs/stream.c \
+	blockdev/jobs/commit.c \
+	blockdev/jobs/mirror.c \
+	blockdev/jobs/backup.c \
+	$(NULL)

@@ -8,6 +8,7 @@ build-essential autoconf automake libtool pkg-config
 libglib2.0-dev libjansson-dev libssl-dev zlib1g-dev libzstd-dev liblz4-dev
 libnbd-dev
 qemu-utils libnbd-bin nbdkit
+qemu-system-common
 python3 python3-pytest python3-pytest-xdist
 clang libfuzzer-14-dev
 fio hyperfine openssl

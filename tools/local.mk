@@ -26,3 +26,9 @@ ferry_SOURCES += \
 	tools/img/bitmap.c \
 	tools/img/amend.c \
 	$(NULL)
+
+# ferry qmp: the client and the storage daemon
+ferry_SOURCES += \
+	tools/qmp/qmp.c tools/qmp/qmp-tool.h \
+	tools/qmp/daemon.c \
+	$(NULL)

@@ -8,6 +8,7 @@ FUZZ_HARNESSES = \
 	tests/fuzz/fuzz-virtqueue \
 	tests/fuzz/fuzz-qcow2 \
 	$(NULL)
+FUZZ_HARNESSES += tests/fuzz/fuzz-qmp
 
 if ENABLE_FUZZING
 FUZZ_CFLAGS = $(AM_CFLAGS) -fsanitize=fuzzer
@@ -32,6 +33,10 @@ tests_fuzz_fuzz_nbd_parse_LDADD = $(FERRY_LIBS)
 tests_fuzz_fuzz_nbd_session_SOURCES = tests/fuzz/fuzz-nbd-session.c $(FUZZ_MAIN)
 tests_fuzz_fuzz_nbd_session_CFLAGS = $(FUZZ_CFLAGS)
 tests_fuzz_fuzz_nbd_session_LDADD = $(FERRY_LIBS)
+tests_fuzz_fuzz_qmp_SOURCES = tests/fuzz/fuzz-qmp.c $(FUZZ_MAIN)
+tests_fuzz_fuzz_qmp_CFLAGS = $(FUZZ_CFLAGS)
+tests_fuzz_fuzz_qmp_LDADD = $(FERRY_LIBS)
+
 tests_fuzz_fuzz_virtqueue_SOURCES = tests/fuzz/fuzz-virtqueue.c $(FUZZ_MAIN)
 tests_fuzz_fuzz_virtqueue_CFLAGS = $(FUZZ_CFLAGS)
 tests_fuzz_fuzz_virtqueue_LDADD = $(FERRY_LIBS)

@@ -1,0 +1,376 @@
+/*
+ * Block jobs while the disk is written: two writer threads keep writing
+ * through a BlockBackend (as a guest or an NBD client would) while mirror,
+ * backup and stream run; afterwards every byte is what it must be (the
+ * writers' last data, or the point in time for backup).  Also the state
+ * machine's verb table.
+ *
+ *   writers --> BlockBackend --> [qcow2 src] --file--> [file src.qcow2]
+ *   job     --> src, target  (mirror pivots the backend onto target)
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include <glib.h>
+#include <glib/gstdio.h>
+
+#include "blockdev/backend.h"
+#include "blockdev/driver.h"
+#include "blockdev/job.h"
+#include "blockdev/jobs.h"
+#include "common/opts.h"
+
+#define DISK_BYTES  (32 << 20)
+#define BLOCK_BYTES 4096
+#define NB_BLOCKS   (DISK_BYTES / BLOCK_BYTES)
+#define WRITERS     2
+
+static char *tmpdir;
+
+typedef struct Writers {
+    BlockBackend *blk;
+    uint8_t shadow[NB_BLOCKS];   /* pattern byte last written per block */
+    volatile int stop;
+    int failures;
+    GThread *threads[WRITERS];
+    int writes;
+} Writers;
+
+typedef struct WriterArg {
+    Writers *w;
+    int index;
+} WriterArg;
+
+/* Writer i owns the blocks whose 256 KiB stripe number is i mod WRITERS. */
+static gpointer writer_main(gpointer opaque)
+{
+    WriterArg *a = opaque;
+    Writers *w = a->w;
+    GRand *rnd = g_rand_new_with_seed(1234 + a->index);
+    g_autofree uint8_t *buf = g_malloc(64 * BLOCK_BYTES);
+
+    while (!g_atomic_int_get(&w->stop)) {
+        int stripe = g_rand_int_range(rnd, 0, DISK_BYTES / (256 << 10));
+        int first, n;
+        uint8_t pat = (uint8_t)g_rand_int_range(rnd, 1, 256);
+        if (stripe % WRITERS != a->index) {
+            continue;
+        }
+        first = stripe * 64 + g_rand_int_range(rnd, 0, 64);
+        n = g_rand_int_range(rnd, 1, 64 - first % 64 + 1);
+        memset(buf, pat, (size_t)n * BLOCK_BYTES);
+        if (blk_pwrite(w->blk, (int64_t)first * BLOCK_BYTES,
+                       (int64_t)n * BLOCK_BYTES, buf, 0) < 0) {
+            g_atomic_int_inc(&w->failures);
+            continue;
+        }
+        memset(&w->shadow[first], pat, n);
+        g_atomic_int_inc(&w->writes);
+        g_usleep(200);
+    }
+    g_rand_free(rnd);
+    g_free(a);
+    return NULL;
+}
+
+static void writers_start(Writers *w)
+{
+    for (int i = 0; i < WRITERS; i++) {
+        WriterArg *a = g_new0(WriterArg, 1);
+        a->w = w;
+        a->index = i;
+        w->threads[i] = g_thread_new("writer", writer_main, a);
+    }
+}
+
+static void writers_stop(Writers *w)
+{
+    g_atomic_int_set(&w->stop, 1);
+    for (int i = 0; i < WRITERS; i++) {
+        g_thread_join(w->threads[i]);
+    }
+    g_assert_cmpint(w->failures, ==, 0);
+}
+
+static char *make_qcow2(const char *name, const char *backing)
+{
+    char *path = g_build_filename(tmpdir, name, NULL);
+    g_autoptr(json_t) opts = json_pack("{s:I}", "size",
+                                       (json_int_t)DISK_BYTES);
+    GError *err = NULL;
+
+    if (backing) {
+        json_object_set_new(opts, "backing_file", json_string(backing));
+        json_object_set_new(opts, "backing_fmt", json_string("qcow2"));
+    }
+    g_unlink(path);
+    g_assert_true(block_create("qcow2", path, opts, &err));
+    g_assert_no_error(err);
+    return path;
+}
+
+/* Fill every block with pattern (block index % 251) + 1 through blk. */
+static void fill_initial(BlockBackend *blk, uint8_t *shadow)
+{
+    g_autofree uint8_t *buf = g_malloc(BLOCK_BYTES);
+
+    for (int b = 0; b < NB_BLOCKS; b += 3) {     /* two thirds stay holes */
+        uint8_t pat = (uint8_t)(b % 251 + 1);
+        memset(buf, pat, BLOCK_BYTES);
+        g_assert_cmpint(blk_pwrite(blk, (int64_t)b * BLOCK_BYTES, BLOCK_BYTES,
+                                   buf, 0), ==, 0);
+        if (shadow) {
+            shadow[b] = pat;
+        }
+    }
+}
+
+/* Every block of bs reads as its expected pattern (0 for holes). */
+static void assert_content(BlockNode *bs, const uint8_t *expect)
+{
+    g_autofree uint8_t *buf = g_malloc(BLOCK_BYTES);
+
+    for (int b = 0; b < NB_BLOCKS; b++) {
+        g_assert_cmpint(block_node_pread(bs, (int64_t)b * BLOCK_BYTES,
+                                         BLOCK_BYTES, buf, 0), ==, 0);
+        for (int i = 0; i < BLOCK_BYTES; i++) {
+            if (buf[i] != expect[b]) {
+                g_error("block %d byte %d: got 0x%02x, want 0x%02x", b, i,
+                        buf[i], expect[b]);
+            }
+        }
+    }
+}
+
+static BlockJobCommon common(const char *id)
+{
+    BlockJobCommon c = { .job_id = id, .auto_finalize = true,
+                         .auto_dismiss = false };
+    return c;
+}
+
+static int finish(BlockJob *job)
+{
+    int ret;
+
+    block_job_wait_concluded(job);
+    ret = job->ret;
+    g_assert_true(block_job_dismiss(job, NULL));
+    return ret;
+}
+
+static void wait_ready(BlockJob *job)
+{
+    while (!block_job_is_ready(job)) {
+        g_main_context_iteration(NULL, FALSE);
+        g_usleep(1000);
+    }
+}
+
+static void test_mirror_converges_under_writes_and_pivots(void)
+{
+    g_autofree char *src = make_qcow2("m-src.qcow2", NULL);
+    g_autofree char *dst = make_qcow2("m-dst.qcow2", NULL);
+    Writers *w = g_new0(Writers, 1);
+    BlockJobCommon c = common("mirror0");
+    GError *err = NULL;
+    BlockNode *target;
+    BlockJob *job;
+
+    w->blk = blk_open(src, "qcow2", NULL, BLOCK_O_RDWR, &err);
+    g_assert_no_error(err);
+    fill_initial(w->blk, w->shadow);
+    target = block_node_open(dst, "qcow2", NULL, BLOCK_O_RDWR, 0,
+                             BLOCK_PERM_ALL, &err);
+    g_assert_no_error(err);
+    writers_start(w);
+    job = block_mirror_start(&c, blk_node(w->blk), target, BLOCK_SYNC_FULL,
+                             0, 0, &err);
+    g_assert_no_error(err);
+    wait_ready(job);
+    g_usleep(100 * 1000);        /* keep writing while ready */
+    g_assert_true(block_job_user_complete(job, &err));
+    g_assert_cmpint(finish(job), ==, 0);
+    g_usleep(50 * 1000);         /* and after the pivot */
+    writers_stop(w);
+    g_assert_true(blk_node(w->blk) == target);
+    g_assert_cmpint(w->writes, >, 50);
+    assert_content(target, w->shadow);
+    blk_unref(w->blk);
+    block_node_unref(target);
+    g_free(w);
+}
+
+static void test_backup_is_point_in_time_under_writes(void)
+{
+    g_autofree char *src = make_qcow2("b-src.qcow2", NULL);
+    g_autofree char *dst = make_qcow2("b-dst.qcow2", NULL);
+    Writers *w = g_new0(Writers, 1);
+    g_autofree uint8_t *at_start = g_malloc0(NB_BLOCKS);
+    BlockJobCommon c = common("backup0");
+    GError *err = NULL;
+    BlockNode *target;
+    BlockJob *job;
+
+    w->blk = blk_open(src, "qcow2", NULL, BLOCK_O_RDWR, &err);
+    g_assert_no_error(err);
+    fill_initial(w->blk, w->shadow);
+    memcpy(at_start, w->shadow, NB_BLOCKS);
+    target = block_node_open(dst, "qcow2", NULL, BLOCK_O_RDWR, 0,
+                             BLOCK_PERM_ALL, &err);
+    g_assert_no_error(err);
+    c.speed = 16 << 20;          /* slow enough for writes to race it */
+    job = block_backup_start(&c, blk_node(w->blk), target, BLOCK_SYNC_FULL,
+                             NULL, BLOCK_BITMAP_SYNC_ON_SUCCESS, &err);
+    g_assert_no_error(err);
+    writers_start(w);
+    g_assert_cmpint(finish(job), ==, 0);
+    writers_stop(w);
+    g_assert_cmpint(w->writes, >, 20);
+    assert_content(target, at_start);
+    assert_content(blk_node(w->blk), w->shadow);
+    blk_unref(w->blk);
+    block_node_unref(target);
+    g_free(w);
+}
+
+static void test_stream_under_writes_keeps_guest_data(void)
+{
+    g_autofree char *base = make_qcow2("s-base.qcow2", NULL);
+    g_autofree char *top = NULL;
+    Writers *w = g_new0(Writers, 1);
+    BlockJobCommon c = common("stream0");
+    GError *err = NULL;
+    BlockJob *job;
+
+    {
+        g_autoptr(BlockBackend) b = blk_open(base, "qcow2", NULL, BLOCK_O_RDWR,
+                                             &err);
+        g_assert_no_error(err);
+        fill_initial(b, w->shadow);
+    }
+    top = make_qcow2("s-top.qcow2", base);
+    w->blk = blk_open(top, "qcow2", NULL, BLOCK_O_RDWR, &err);
+    g_assert_no_error(err);
+    writers_start(w);
+    c.speed = 32 << 20;
+    job = block_stream_start(&c, blk_node(w->blk), NULL, NULL, &err);
+    g_assert_no_error(err);
+    g_assert_cmpint(finish(job), ==, 0);
+    writers_stop(w);
+    g_assert_null(blk_node(w->blk)->backing);
+    assert_content(blk_node(w->blk), w->shadow);
+    blk_unref(w->blk);
+    g_free(w);
+}
+
+/* base <- mid <- top, writers on top: active commit pivots them to base. */
+static void test_active_commit_under_writes_pivots_to_base(void)
+{
+    g_autofree char *base = make_qcow2("c-base.qcow2", NULL);
+    g_autofree char *mid = NULL, *top = NULL;
+    Writers *w = g_new0(Writers, 1);
+    BlockJobCommon c = common("commit0");
+    GError *err = NULL;
+    BlockNode *base_node;
+    BlockJob *job;
+
+    {
+        g_autoptr(BlockBackend) b = blk_open(base, "qcow2", NULL, BLOCK_O_RDWR,
+                                             &err);
+        g_assert_no_error(err);
+        fill_initial(b, w->shadow);
+    }
+    mid = make_qcow2("c-mid.qcow2", base);
+    top = make_qcow2("c-top.qcow2", mid);
+    w->blk = blk_open(top, "qcow2", NULL, BLOCK_O_RDWR, &err);
+    g_assert_no_error(err);
+    base_node = blk_node(w->blk)->backing->node->backing->node;
+    block_node_ref(base_node);
+    writers_start(w);
+    job = block_commit_start(&c, blk_node(w->blk), base_node, NULL, &err);
+    g_assert_no_error(err);
+    wait_ready(job);
+    g_assert_true(block_job_user_complete(job, &err));
+    g_assert_cmpint(finish(job), ==, 0);
+    g_usleep(50 * 1000);
+    writers_stop(w);
+    g_assert_true(blk_node(w->blk) == base_node);
+    g_assert_null(base_node->backing);
+    assert_content(base_node, w->shadow);
+    blk_unref(w->blk);
+    block_node_unref(base_node);
+    g_free(w);
+}
+
+static void test_verbs_follow_the_state_table(void)
+{
+    g_autofree char *src = make_qcow2("v-src.qcow2", NULL);
+    g_autofree char *dst = make_qcow2("v-dst.qcow2", NULL);
+    BlockJobCommon c = common("verbs0");
+    GError *err = NULL;
+    g_autoptr(BlockBackend) blk = blk_open(src, "qcow2", NULL, BLOCK_O_RDWR,
+                                           &err);
+    BlockNode *target = block_node_open(dst, "qcow2", NULL, BLOCK_O_RDWR, 0,
+                                        BLOCK_PERM_ALL, &err);
+    BlockJob *job;
+
+    g_assert_no_error(err);
+    fill_initial(blk, NULL);
+    c.speed = 1 << 20;           /* slow: stays running */
+    job = block_backup_start(&c, blk_node(blk), target, BLOCK_SYNC_FULL, NULL,
+                             BLOCK_BITMAP_SYNC_ON_SUCCESS, &err);
+    g_assert_no_error(err);
+    g_assert_null(block_job_create(job->drv, "verbs0", 0, true, true, &err));
+    g_assert_cmpstr(err->message, ==, "Job ID 'verbs0' already in use");
+    g_clear_error(&err);
+    g_assert_false(block_job_user_complete(job, &err));
+    g_assert_cmpstr(err->message, ==, "Job 'verbs0' in state 'running' cannot "
+                    "accept command verb 'complete'");
+    g_clear_error(&err);
+    g_assert_false(block_job_user_resume(job, &err));
+    g_clear_error(&err);
+    g_assert_true(block_job_user_pause(job, &err));
+    g_assert_false(block_job_user_pause(job, &err));
+    g_clear_error(&err);
+    while (job->status != JOB_STATUS_PAUSED) {
+        g_usleep(1000);
+    }
+    g_assert_false(block_job_dismiss(job, &err));
+    g_clear_error(&err);
+    g_assert_true(block_job_user_cancel(job, true, &err));
+    g_assert_cmpint(finish(job), ==, -ECANCELED);
+    block_node_unref(target);
+}
+
+int main(int argc, char **argv)
+{
+    int ret;
+
+    g_test_init(&argc, &argv, NULL);
+    tmpdir = g_dir_make_tmp("ferry-test-job-XXXXXX", NULL);
+    g_test_add_func("/blockdev/job/mirror-converges-under-writes-and-pivots",
+                    test_mirror_converges_under_writes_and_pivots);
+    g_test_add_func("/blockdev/job/backup-is-point-in-time-under-writes",
+                    test_backup_is_point_in_time_under_writes);
+    g_test_add_func("/blockdev/job/stream-under-writes-keeps-guest-data",
+                    test_stream_under_writes_keeps_guest_data);
+    g_test_add_func("/blockdev/job/active-commit-under-writes-pivots-to-base",
+                    test_active_commit_under_writes_pivots_to_base);
+    g_test_add_func("/blockdev/job/verbs-follow-the-state-table",
+                    test_verbs_follow_the_state_table);
+    ret = g_test_run();
+    {
+        g_autoptr(GDir) d = g_dir_open(tmpdir, 0, NULL);
+        const char *n;
+        while (d && (n = g_dir_read_name(d))) {
+            g_autofree char *p = g_build_filename(tmpdir, n, NULL);
+            g_unlink(p);
+        }
+    }
+    g_rmdir(tmpdir);
+    g_free(tmpdir);
+    return ret;
+}
