@@ -256,15 +256,15 @@ struct NbdClient {
     NbdMetaSel meta;
     NbdTxInfo tx;
 
-    /* workers: guarded by state_lock */
+    /* workers: spawning is guarded by state_lock */
     GMutex state_lock;
     GCond state_cond;
     int nb_workers;               /* threads alive; atomic reads */
     int nb_busy;                  /* atomic: executing a request */
     int max_workers;
     int64_t exec_ns;              /* atomic: moving average per request */
-    bool dead;                    /* stop receiving; workers drain out */
-    bool hangup;                  /* hard disconnect: no more replies */
+    bool dead;                    /* atomic: stop receiving, drain out */
+    bool hangup;                  /* atomic: hard disconnect, no replies */
 };
 
 /* -- server.c ------------------------------------------------------------- */

@@ -188,10 +188,13 @@ static size_t chunk_hdr(NbdClient *c, uint8_t *p, const NbdRequest *req,
     return 20;
 }
 
+#define HANGUP(c) __atomic_load_n(&(c)->hangup, __ATOMIC_SEQ_CST)
+
 static void mark_hangup(NbdClient *c)
 {
     g_mutex_lock(&c->state_lock);
-    c->dead = c->hangup = true;
+    __atomic_store_n(&c->dead, true, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&c->hangup, true, __ATOMIC_SEQ_CST);
     g_mutex_unlock(&c->state_lock);
     /* Wake whichever worker is blocked receiving or sending. */
     shutdown(c->fd, SHUT_RDWR);
@@ -214,7 +217,7 @@ static void mark_hangup(NbdClient *c)
  */
 static void send_failed(NbdClient *c, int ret)
 {
-    if (!c->hangup) {
+    if (!HANGUP(c)) {
         ferry_debug("nbd client %s: sending a reply failed: %s", c->peer,
                     g_strerror(-ret));
         mark_hangup(c);
@@ -237,7 +240,7 @@ static int flush_queue_locked(NbdClient *c)
         if (iov.iov_len == 0) {
             return 0;
         }
-        ret = c->hangup ? -EPIPE : nbd_io_writev(c, &iov, 1);
+        ret = HANGUP(c) ? -EPIPE : nbd_io_writev(c, &iov, 1);
         if (ret < 0) {
             return ret;
         }
@@ -302,12 +305,12 @@ static int send_locked(NbdClient *c, struct iovec *iov, int n)
             }
             send_unlock(c);
         }
-        return c->hangup ? -EPIPE : 0;
+        return HANGUP(c) ? -EPIPE : 0;
     }
     g_mutex_lock(&c->send_lock);
     ret = flush_queue_locked(c);
     if (ret == 0) {
-        ret = c->hangup ? -EPIPE : nbd_io_writev(c, iov, n);
+        ret = HANGUP(c) ? -EPIPE : nbd_io_writev(c, iov, n);
     }
     if (ret < 0) {
         send_failed(c, ret);
@@ -739,7 +742,7 @@ void nbd_client_work(NbdClient *c, bool may_retire)
             break;
         }
         g_mutex_lock(&c->recv_lock);
-        if (c->dead) {
+        if (__atomic_load_n(&c->dead, __ATOMIC_SEQ_CST)) {
             g_mutex_unlock(&c->recv_lock);
             break;
         }
@@ -748,8 +751,10 @@ void nbd_client_work(NbdClient *c, bool may_retire)
             FERRY_TRACE_POINT(NBD, "client=%s %s", c->peer,
                               v == NBD_REQ_DISC ? "disconnect" : "hangup");
             g_mutex_lock(&c->state_lock);
-            c->dead = true;
-            c->hangup |= v == NBD_REQ_HANGUP;
+            __atomic_store_n(&c->dead, true, __ATOMIC_SEQ_CST);
+            if (v == NBD_REQ_HANGUP) {
+                __atomic_store_n(&c->hangup, true, __ATOMIC_SEQ_CST);
+            }
             g_mutex_unlock(&c->state_lock);
             g_mutex_unlock(&c->recv_lock);
             if (v == NBD_REQ_HANGUP) {
@@ -763,7 +768,8 @@ void nbd_client_work(NbdClient *c, bool may_retire)
             g_atomic_int_get(&c->nb_workers) < c->max_workers &&
             want_more_workers(c)) {
             g_mutex_lock(&c->state_lock);
-            if (!c->dead && c->nb_busy >= c->nb_workers &&
+            if (!__atomic_load_n(&c->dead, __ATOMIC_SEQ_CST) &&
+                c->nb_busy >= c->nb_workers &&
                 c->nb_workers < c->max_workers) {
                 nbd_client_spawn_worker_locked(c);
             }

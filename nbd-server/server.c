@@ -32,6 +32,29 @@
 
 /* -- exports -------------------------------------------------------------- */
 
+/*
+ * Clients were told the export's size at GO: nobody may resize the node
+ * while it is exported (qemu-nbd -r refuses images others may resize,
+ * too).  A read-only export reads consistently and lets others write.
+ */
+static bool export_perm(BlockBackend *blk, bool readonly, GError **errp)
+{
+    uint32_t perm, shared;
+
+    blk_perm_for_flags(readonly ? 0 : BLOCK_O_RDWR, &perm, &shared);
+    if (readonly) {
+        perm &= ~(BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE);
+    }
+    shared &= ~BLOCK_PERM_RESIZE;
+    if (!blk_set_perm(blk, perm, shared, errp)) {
+        g_prefix_error(errp, "cannot export '%s': ",
+                       blk_node(blk)->filename ? blk_node(blk)->filename
+                                               : blk_node(blk)->node_name);
+        return false;
+    }
+    return true;
+}
+
 NbdExport *nbd_export_new(BlockBackend *blk, const NbdExportConfig *cfg,
                           GError **errp)
 {
@@ -79,8 +102,8 @@ NbdExport *nbd_export_new(BlockBackend *blk, const NbdExportConfig *cfg,
         BlockDirtyBitmap *bm = block_dirty_bitmap_find(bs, cfg->bitmaps[i]);
         if (!bm) {
             ferry_error_set(errp, FERRY_ERROR_NOT_FOUND,
-                            "bitmap '%s' not found on node '%s'",
-                            cfg->bitmaps[i], bs->node_name);
+                            "bitmap '%s' not found in '%s'", cfg->bitmaps[i],
+                            bs->filename ? bs->filename : bs->node_name);
             goto fail;
         }
         if (bm->busy) {
@@ -96,6 +119,9 @@ NbdExport *nbd_export_new(BlockBackend *blk, const NbdExportConfig *cfg,
         }
         bm->busy = true;
         exp->bitmaps[exp->nb_bitmaps++] = bm;
+    }
+    if (!export_perm(blk, exp->readonly, errp)) {
+        goto fail;
     }
     exp->blk = blk;       /* ownership passes to the export */
     return exp;
@@ -334,7 +360,7 @@ static void serve_client(NbdClient *c)
         nbd_client_work(c, false);
     }
     g_mutex_lock(&c->state_lock);
-    c->dead = true;
+    __atomic_store_n(&c->dead, true, __ATOMIC_SEQ_CST);
     while (c->nb_workers > 1) {
         g_cond_wait(&c->state_cond, &c->state_lock);
     }

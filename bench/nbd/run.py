@@ -14,9 +14,10 @@ Rows (unix sockets, one server process per measurement):
     nbd engine (a libnbd client), on the raw and the qcow2 image (writes
     go to a preallocated target so they measure the server, not the file
     system's allocator).
-Servers take their turn in a rotating order within every round, source
-images are read into the page cache before each read row, and the table
-reports the median of the rounds.  The ratio is ferry / best peer (above
+Each row is measured in N rounds (default 5) before the next row starts,
+the servers taking turns at going first; source images are read into the
+page cache before each read; the table reports the median of the rounds
+(the machines are shared and noisy: the ferry column lists every run).  The ratio is ferry / best peer (above
 1: ferry is faster); nbdkit has no qcow2 plugin in Debian 12, so qcow2
 rows compare with qemu-nbd only.  qemu-nbd does not offer multi-conn on
 writable exports, so nbdcopy uses one connection with it even when asked
@@ -237,9 +238,9 @@ def fmt_num(v, unit):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ferry", default=os.path.join(TOP, "ferry"))
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size", default="4G")
-    ap.add_argument("--fio-runtime", type=int, default=8)
+    ap.add_argument("--fio-runtime", type=int, default=6)
     ap.add_argument("--only", default=None)
     ap.add_argument("--out", default=os.path.join(TOP, "bench", "results",
                                                   "nbd.md"))
@@ -260,8 +261,11 @@ def main():
     sources = make_sources(args)
     results = {c["label"]: {s: [] for s in SERVERS} for c in cases}
     try:
-        for rnd in range(args.rounds):
-            for case in cases:
+        # Case by case, rounds within a case: the machine's load drifts
+        # over minutes, so the servers of one row are measured close
+        # together, each going first in turn.
+        for case in cases:
+            for rnd in range(args.rounds):
                 order = SERVERS[rnd % 3:] + SERVERS[:rnd % 3]
                 for server in order:
                     v = measure(args, case, server, sources)

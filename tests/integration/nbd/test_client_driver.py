@@ -142,3 +142,44 @@ def test_tls_creds_object_is_refused_with_a_hint(tmp_path, ferry):
     r = ferry("img", "info", "driver=nbd,server.type=unix,server.path=/x,"
               "tls-creds=tls0", check=False)
     assert r.rc == 1 and "tls-certificates" in r.err
+
+
+def test_img_convert_from_nbd_is_sparse_and_identical(tmp_path, ferry,
+                                                      qemu_img):
+    """Block status through the driver drives a sparse copy: only the data
+    is written, and qemu-img compare finds the copy identical."""
+    src = sparse_image(tmp_path / "s.raw", 256 * MiB,
+                       [(MiB, 2 * MiB), (50 * MiB, 2 * MiB),
+                        (200 * MiB, 2 * MiB)])
+    with qemu_nbd(tmp_path, src, "-r") as q:
+        ferry("img", "convert", "-O", "qcow2", q.uri(),
+              tmp_path / "out.qcow2")
+        ferry("img", "convert", "-O", "raw", q.uri(), tmp_path / "out.raw")
+    qemu_img("compare", src, tmp_path / "out.qcow2")
+    qemu_img("check", tmp_path / "out.qcow2")
+    qemu_img("compare", "-f", "raw", "-F", "raw", src, tmp_path / "out.raw")
+    # 6 MiB of data in 256 MiB: the copies stay sparse
+    import os
+    assert os.stat(tmp_path / "out.qcow2").st_size < 16 * MiB
+    assert os.stat(tmp_path / "out.raw").st_blocks * 512 < 16 * MiB
+
+
+def test_img_convert_into_nbd_targets(tmp_path, ferry, qemu_img):
+    src = tmp_path / "src.qcow2"
+    qemu_img("create", "-f", "qcow2", src, "32M")
+    run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x41 0 3M",
+         "-c", "write -P 0x42 20M 1M", str(src)])
+    target = tmp_path / "t.raw"
+    with open(target, "wb") as f:
+        f.truncate(32 * MiB)
+    with qemu_nbd(tmp_path, target) as q:
+        ferry("img", "convert", "-n", "-f", "qcow2", "-O", "raw", src,
+              q.uri())
+    qemu_img("compare", "-f", "qcow2", "-F", "raw", src, target)
+    # into nbdkit's memory plugin, then read back with nbdcopy
+    with nbdkit(tmp_path, "memory", "32M") as k:
+        ferry("img", "convert", "-n", "-f", "qcow2", "-O", "raw", src,
+              k.uri(name=""))
+        run(["nbdcopy", k.uri(name=""), str(tmp_path / "mem.raw")])
+    qemu_img("compare", "-f", "qcow2", "-F", "raw", src,
+             tmp_path / "mem.raw")

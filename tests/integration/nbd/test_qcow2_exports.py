@@ -115,3 +115,33 @@ def test_img_map_over_nbd_matches_qemu_img(tmp_path, ferry, qemu_img):
         ferry("img", "compare", "-f", "raw", "-F", "raw", img, srv.uri())
     key = lambda m: (m["start"], m["length"], m["data"], m["zero"])  # noqa
     assert [key(m) for m in ours] == [key(m) for m in theirs]
+
+
+def test_persistent_bitmap_export_matches_qemu_nbd(tmp_path, qemu_img,
+                                                   qemu_io):
+    """-B on a qcow2 persistent bitmap: the same map as qemu-nbd's; writes
+    through ferry's export mark it, and qemu-nbd sees them once ferry has
+    stored the bitmap at exit."""
+    need("nbdinfo")
+    img = tmp_path / "bm.qcow2"
+    qemu_img("create", "-f", "qcow2", img, "64M")
+    qemu_img("bitmap", "--add", img, "b0")
+    qemu_io("-f", "qcow2", "-c", "write -P 1 1M 64k", "-c",
+            "write -P 2 10M 3M", img)
+    ctx = "qemu:dirty-bitmap:b0"
+    twin = copy_chain(tmp_path, [img], "twin") / "bm.qcow2"
+    with ferry_nbd(tmp_path, img, "-r", "-B", "b0", fmt="qcow2") as ours, \
+            qemu_nbd(tmp_path, twin, "-r", "-B", "b0", fmt="qcow2") as theirs:
+        assert maps(ours.uri(), ctx) == maps(theirs.uri(), ctx)
+    with ferry_nbd(tmp_path, img, "-B", "b0", fmt="qcow2", tag="rw") as srv:
+        qemu_io("-f", "raw", "-c", "write -P 3 40M 128k", srv.uri())
+        dirty = [(e["offset"], e["length"]) for e in maps(srv.uri(), ctx)
+                 if e["type"] == 1]
+        assert (40 * MiB, 128 * 1024) in dirty
+    qemu_img("check", img)
+    with qemu_nbd(tmp_path, img, "-r", "-B", "b0", fmt="qcow2",
+                  tag="after") as theirs:
+        dirty = [(e["offset"], e["length"]) for e in maps(theirs.uri(), ctx)
+                 if e["type"] == 1]
+    assert dirty == [(MiB, 65536), (10 * MiB, 3 * MiB),
+                     (40 * MiB, 128 * 1024)]

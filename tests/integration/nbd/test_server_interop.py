@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 import nbdproto
-from conftest import need, pattern_file, run
+from conftest import ferry_path, need, pattern_file, run
 from nbdutil import ferry_nbd, qemu_nbd, sparse_image
 
 MiB = 1 << 20
@@ -232,7 +232,70 @@ def test_socket_activation_with_nbdinfo(tmp_path):
     """nbdinfo [ CMD ] starts the server with systemd socket activation."""
     img = tmp_path / "sa.raw"
     pattern_file(img, 3 * MiB)
-    from conftest import ferry_path
     out = nbdinfo("--json", "--", "[", ferry_path(), "nbd", "-f", "raw", "-r",
                   str(img), "]").out
     assert json.loads(out)["exports"][0]["export-size"] == 3 * MiB
+
+
+def test_fork_and_pid_file(tmp_path, ferry):
+    import signal
+    import time
+    img = tmp_path / "fork.raw"
+    pattern_file(img, MiB)
+    sock = tmp_path / "fork.sock"
+    pidfile = tmp_path / "nbd.pid"
+    with open(tmp_path / "fork.log", "w") as log:
+        r = subprocess.run([str(a) for a in (
+            ferry_path(), "nbd", "--fork",
+            "--pid-file", pidfile, "-t", "-f", "raw", "-k", sock, img)],
+            stdout=log, stderr=log, timeout=30)
+    assert r.returncode == 0
+    pid = int(pidfile.read_text())
+    try:
+        assert os.path.exists(sock)
+        info = json.loads(nbdinfo("--json", "nbd+unix:///?socket=%s" % sock)
+                          .out)
+        assert info["exports"][0]["export-size"] == MiB
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("forked server did not exit on SIGTERM")
+    assert not os.path.exists(sock)
+
+
+def test_detect_zeroes_unmap_punches_holes(tmp_path, qemu_io):
+    img = tmp_path / "dz.raw"
+    pattern_file(img, 8 * MiB)
+    with ferry_nbd(tmp_path, img, "--discard=unmap",
+                   "--detect-zeroes=unmap") as srv:
+        qemu_io("-f", "raw", "-c", "write -P 0 1M 2M", "-c", "flush",
+                srv.uri())
+        m = json.loads(nbdinfo("--map", "--json", srv.uri()).out)
+    holes = [(e["offset"], e["length"]) for e in m if e["type"] & 1]
+    assert holes == [(MiB, 2 * MiB)]
+    assert open(img, "rb").read()[MiB:3 * MiB] == bytes(2 * MiB)
+
+
+def test_offset_exports_the_tail_of_a_raw_image(tmp_path, qemu_io):
+    img = tmp_path / "off.raw"
+    with open(img, "wb") as f:
+        f.write(b"\x01" * MiB + b"\x02" * MiB)
+    with ferry_nbd(tmp_path, img, "-o", "1M") as srv:
+        info = json.loads(nbdinfo("--json", srv.uri()).out)
+        qemu_io("-f", "raw", "-c", "read -P 2 0 1M", srv.uri())
+    assert info["exports"][0]["export-size"] == MiB
+
+
+def test_missing_bitmap_is_a_clear_error(tmp_path, ferry):
+    img = tmp_path / "nb.raw"
+    pattern_file(img, MiB)
+    r = ferry("nbd", "-f", "raw", "-B", "nosuch", "-k", tmp_path / "s.sock",
+              img, check=False)
+    assert r.rc == 1 and r.err.count("\n") == 1
+    assert "bitmap 'nosuch' not found in '%s'" % img in r.err
