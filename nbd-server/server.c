@@ -35,15 +35,18 @@
 /*
  * Clients were told the export's size at GO: nobody may resize the node
  * while it is exported (qemu-nbd -r refuses images others may resize,
- * too).  A read-only export reads consistently and lets others write.
+ * too), and the export itself never resizes, so several exports of one
+ * node coexist, as in QEMU.  A read-only export reads consistently and
+ * lets others write.
  */
 static bool export_perm(BlockBackend *blk, bool readonly, GError **errp)
 {
     uint32_t perm, shared;
 
     blk_perm_for_flags(readonly ? 0 : BLOCK_O_RDWR, &perm, &shared);
+    perm &= ~BLOCK_PERM_RESIZE;
     if (readonly) {
-        perm &= ~(BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE);
+        perm &= ~BLOCK_PERM_WRITE;
     }
     shared &= ~BLOCK_PERM_RESIZE;
     if (!blk_set_perm(blk, perm, shared, errp)) {

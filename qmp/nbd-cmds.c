@@ -203,11 +203,9 @@ static bool export_node(const char *id, const char *node, const char *name,
         g_ptr_array_add(names, (char *)bn);
     }
     g_ptr_array_add(names, NULL);
+    /* nbd_export_new() settles the permissions (nbd-server/server.c). */
     blk_perm_for_flags(writable ? BLOCK_O_RDWR : 0, &perm, &shared);
-    if (writable) {
-        perm &= ~BLOCK_PERM_RESIZE;    /* an export never resizes */
-        shared |= BLOCK_PERM_RESIZE;
-    }
+    perm &= ~BLOCK_PERM_RESIZE;
     blk = blk_new(NULL, perm, shared);
     if (!blk_insert_node(blk, bs, errp)) {
         blk_unref(blk);
