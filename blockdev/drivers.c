@@ -15,6 +15,9 @@ extern const BlockDriver raw_driver;
 extern const BlockDriver qcow2_driver;
 extern const BlockDriver null_co_driver;
 extern const BlockDriver null_aio_driver;
+#ifdef HAVE_LIBNBD
+extern const BlockDriver nbd_driver;
+#endif
 
 const BlockDriver *const block_drivers[] = {
     &file_driver,
@@ -22,6 +25,9 @@ const BlockDriver *const block_drivers[] = {
     &qcow2_driver,
     &null_co_driver,
     &null_aio_driver,
+#ifdef HAVE_LIBNBD
+    &nbd_driver,
+#endif
     NULL,
 };
 

@@ -7,6 +7,9 @@ libferry_a_SOURCES += \
 	blockdev/drivers/null.c \
 	blockdev/drivers/raw.c \
 	$(NULL)
+if HAVE_LIBNBD
+libferry_a_SOURCES += blockdev/drivers/nbd.c
+endif
 
 # Block jobs: the framework and one file per job (blockdev/jobs/).
 libferry_a_SOURCES += \

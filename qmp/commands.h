@@ -18,6 +18,17 @@ void qmp_register_bitmap_commands(void);
  * events to QMP */
 void qmp_register_job_commands(void);
 
+/* nbd-cmds.c: nbd-server-start/stop/add/remove, block-export-add/del,
+ * query-block-exports */
+typedef struct NbdServer NbdServer;
+void qmp_register_nbd_commands(void);
+/* Serve srv (ferry nbd's, from the command line) as if nbd-server-start
+ * had started it, and list an export it already has. */
+void qmp_nbd_adopt_server(NbdServer *srv);
+void qmp_nbd_note_export(const char *id, const char *name,
+                         const char *node_name);
+/* Stop the NBD server and drop its exports. */
+void qmp_nbd_commands_shutdown(void);
 /* transaction.c: transaction (abort, block-dirty-bitmap-*, blockdev-backup) */
 void qmp_register_transaction_command(void);
 

@@ -8,5 +8,6 @@ libferry_a_SOURCES += \
 	qmp/block-cmds.c \
 	qmp/bitmap-cmds.c \
 	qmp/job-cmds.c \
+	qmp/nbd-cmds.c \
 	qmp/transaction.c \
 	$(NULL)

@@ -14,6 +14,7 @@ static int cmd_help(int argc, char **argv);
 
 static const FerryCommand commands[] = {
     { "img", img_main, "create, inspect, check and convert disk images (qemu-img)" },
+    { "nbd", nbd_main, "export a disk image over NBD (qemu-nbd)" },
     { "io", io_main, "run qemu-io style commands on an image (qemu-io)" },
     { "qmp", qmp_main, "send QMP commands, watch events; --serve: storage daemon" },
     { "run", run_main, "run a virtual machine on KVM or qtest (qemu-system-x86_64)" },

@@ -13,6 +13,7 @@ typedef struct FerryCommand {
 } FerryCommand;
 
 int img_main(int argc, char **argv);
+int nbd_main(int argc, char **argv);
 int io_main(int argc, char **argv);
 int qmp_main(int argc, char **argv);
 int run_main(int argc, char **argv);

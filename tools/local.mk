@@ -3,6 +3,7 @@ ferry_SOURCES += \
 	tools/img/img.c tools/img/img.h \
 	tools/img/create.c \
 	tools/img/info.c tools/img/info.h \
+	tools/nbd/nbd.c \
 	tools/img/convert.c \
 	tools/img/convert-plan.c tools/img/convert-plan.h \
 	tools/io/io.c \

@@ -395,15 +395,17 @@ static int64_t stat_length(FileState *s)
 /*
  * The length is asked on every request through a format node: keep it,
  * and grow it with our own writes past the end.  Only while nobody else
- * may write or resize the file (a format's file child, or our own lock);
- * truncate, reopen and permission changes make us look again.
+ * may resize the file (a format's file child, a read-only NBD export, or
+ * our own lock): other writers cannot change the length without the
+ * resize permission, as in QEMU, where a writer that grows its file holds
+ * it.  Truncate, reopen and permission changes make us look again.
  */
 static int64_t file_getlength(BlockNode *bs)
 {
     FileState *s = bs->opaque;
     int64_t len;
 
-    if (!(bs->shared & (BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE)) &&
+    if (!(bs->shared & BLOCK_PERM_RESIZE) &&
         __atomic_load_n(&s->length_valid, __ATOMIC_ACQUIRE)) {
         return __atomic_load_n(&s->length, __ATOMIC_RELAXED);
     }

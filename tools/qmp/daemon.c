@@ -32,6 +32,7 @@ int qmp_daemon_run(const char *const *addrs)
     qmp_register_block_commands();
     qmp_register_bitmap_commands();
     qmp_register_job_commands();
+    qmp_register_nbd_commands();
     qmp_register_transaction_command();
     for (const char *const *a = addrs; *a; a++) {
         if (!qmp_server_listen(srv, *a, &err)) {
@@ -49,6 +50,7 @@ int qmp_daemon_run(const char *const *addrs)
     g_main_loop_run(loop);
     qmp_server_set_quit_loop(NULL);
     qmp_server_free(srv);
+    qmp_nbd_commands_shutdown();
     qmp_block_commands_shutdown();
     g_main_loop_unref(loop);
     return 0;

@@ -1,0 +1,268 @@
+"""The protocol details Debian's clients cannot show: structured reads with
+holes, DF, extended headers, meta contexts and their block status, and the
+error each bad request earns.  Driven with nbdproto (the NBD spec's bytes),
+with nbdinfo as a second judge where it can see the same thing."""
+import json
+import struct
+
+import pytest
+
+import nbdproto as P
+from conftest import need, run
+from nbdutil import ferry_nbd, qemu_nbd, sparse_image
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def sparse(tmp_path):
+    # data at [1M, 2M) and [3M+4K, 3M+12K); holes elsewhere; 8 MiB
+    return sparse_image(tmp_path / "sparse.raw", 8 * MiB,
+                        [(MiB, MiB), (3 * MiB + 4096, 8192)])
+
+
+def test_structured_read_sends_holes_as_hole_chunks(tmp_path, sparse):
+    content = open(sparse, "rb").read()
+    with ferry_nbd(tmp_path, sparse, "-r") as srv:
+        c = P.Client(srv.sock)
+        c.connect_export()
+        data, chunks = c.pread(0, 4 * MiB)
+        assert data == content[:4 * MiB]
+        kinds = [(ch.type, struct.unpack(">Q", ch.payload[:8])[0])
+                 for ch in chunks]
+        assert kinds == [(P.TYPE_OFFSET_HOLE, 0), (P.TYPE_OFFSET_DATA, MiB),
+                         (P.TYPE_OFFSET_HOLE, 2 * MiB),
+                         (P.TYPE_OFFSET_DATA, 3 * MiB + 4096),
+                         (P.TYPE_OFFSET_HOLE, 3 * MiB + 12288)]
+        assert chunks[-1].done and not any(ch.done for ch in chunks[:-1])
+        # a small read of zeroes is one hole chunk
+        data, chunks = c.pread(5 * MiB, 4096)
+        assert data == bytes(4096)
+        assert [ch.type for ch in chunks] == [P.TYPE_OFFSET_HOLE]
+        # DF: exactly one content chunk, zeroes spelled out
+        data, chunks = c.pread(0, 2 * MiB, P.FLAG_DF)
+        assert data == content[:2 * MiB]
+        assert [ch.type for ch in chunks] == [P.TYPE_OFFSET_DATA]
+        c.disconnect()
+
+
+def test_simple_replies_without_structured_negotiation(tmp_path, sparse):
+    content = open(sparse, "rb").read()
+    with ferry_nbd(tmp_path, sparse) as srv:
+        c = P.Client(srv.sock)
+        c.connect_export(structured=False)
+        data, _ = c.pread(MiB - 100, 300)
+        assert data == content[MiB - 100:MiB + 200]
+        assert c.pwrite(7 * MiB, b"x" * 512) == 0
+        # DF without structured replies is not allowed
+        cookie = c.request(P.CMD_READ, 0, 512, P.FLAG_DF)
+        assert c.reply_for(cookie, 512)[2] == P.EINVAL
+        c.disconnect()
+    assert open(sparse, "rb").read()[7 * MiB:7 * MiB + 512] == b"x" * 512
+
+
+def test_bad_requests_get_the_spec_errors(tmp_path, sparse):
+    with ferry_nbd(tmp_path, sparse) as srv:
+        c = P.Client(srv.sock)
+        c.connect_export()
+        size = c.size
+        assert c.simple(P.CMD_READ, size - 512, 1024) == P.EINVAL
+        assert c.pwrite(size - 512, b"y" * 1024) == P.ENOSPC
+        assert c.simple(P.CMD_WRITE_ZEROES, size, 512) == P.ENOSPC
+        assert c.simple(P.CMD_TRIM, size + 4096, 4096) == P.EINVAL
+        assert c.simple(99, 0, 0) == P.EINVAL                 # unknown command
+        assert c.simple(P.CMD_FLUSH, 0, 0, 1 << 9) == P.EINVAL  # unknown flag
+        assert c.simple(P.CMD_WRITE_ZEROES, 0, 512,
+                        P.FLAG_REQ_ONE) == P.EINVAL           # misplaced flag
+        assert c.simple(P.CMD_READ, 0, 64 * MiB) == P.EINVAL    # too large
+        assert c.simple(P.CMD_BLOCK_STATUS, 0, 512) == P.EINVAL  # no context
+        # and the connection is still good afterwards
+        assert c.simple(P.CMD_FLUSH) == 0
+        data, _ = c.pread(MiB, 16)
+        assert len(data) == 16
+        c.disconnect()
+
+
+def test_write_zeroes_flags_and_trim(tmp_path):
+    img = sparse_image(tmp_path / "z.raw", 4 * MiB, [(0, 4 * MiB)])
+    with ferry_nbd(tmp_path, img, "--discard=unmap") as srv:
+        c = P.Client(srv.sock)
+        c.connect_export()
+        assert c.simple(P.CMD_WRITE_ZEROES, 0, MiB, P.FLAG_NO_HOLE) == 0
+        assert c.simple(P.CMD_WRITE_ZEROES, MiB, MiB,
+                        P.FLAG_FAST_ZERO | P.FLAG_FUA) == 0
+        assert c.simple(P.CMD_TRIM, 3 * MiB, MiB, P.FLAG_FUA) == 0
+        assert c.simple(P.CMD_CACHE, 0, 4 * MiB) == 0
+        data, _ = c.pread(0, 2 * MiB)
+        assert data == bytes(2 * MiB)
+        c.disconnect()
+    with open(img, "rb") as f:
+        assert f.read(2 * MiB) == bytes(2 * MiB)
+
+
+def test_extended_headers(tmp_path, sparse):
+    content = open(sparse, "rb").read()
+    with ferry_nbd(tmp_path, sparse) as srv:
+        c = P.Client(srv.sock)
+        ids = c.connect_export(extended=True, meta=["base:allocation"])
+        data, chunks = c.pread(MiB - 4096, 8192)
+        assert data == content[MiB - 4096:MiB + 4096]
+        # extended replies echo the request's offset
+        assert all(ch.offset == MiB - 4096 for ch in chunks)
+        assert c.pwrite(6 * MiB, b"e" * 4096) == 0
+        st = c.block_status(0, 8 * MiB)
+        ext = st[ids["base:allocation"]]
+        assert ext[0] == (MiB, 3) and ext[1] == (MiB, 0)
+        # a 64-bit effect length past the end is refused (the spec's EINVAL)
+        assert c.block_status(0, 1 << 33) == P.EINVAL
+        # a trim carrying a payload is refused; the payload is consumed so
+        # the stream stays in sync
+        cookie = c.request(P.CMD_TRIM, 0, 4096, P.FLAG_PAYLOAD_LEN)
+        c.send(b"z" * 4096)
+        assert c.error_of(c.reply_for(cookie)) == P.EINVAL
+        assert c.simple(P.CMD_FLUSH) == 0
+        c.disconnect()
+    assert open(sparse, "rb").read()[6 * MiB:6 * MiB + 4096] == b"e" * 4096
+
+
+def test_extended_headers_forbid_old_style_options(tmp_path, sparse):
+    with ferry_nbd(tmp_path, sparse) as srv:
+        c = P.Client(srv.sock)
+        c.handshake()
+        assert c.negotiate_extended() == P.REP_ACK
+        assert c.negotiate_structured() == P.REP_ERR_EXT_HEADER_REQD
+        c.send_option(P.OPT_EXPORT_NAME, b"")
+        with pytest.raises((P.ProtocolError, ConnectionError)):
+            c.recvall(1)
+        c.close()
+
+
+def test_meta_context_list_and_set(tmp_path, sparse):
+    with ferry_nbd(tmp_path, sparse, "-A", "--x-create-bitmap=b0",
+                   "--x-create-bitmap=b1:1M", "-B", "b0", "-B", "b1") as srv:
+        c = P.Client(srv.sock)
+        c.handshake()
+        # before structured replies, meta contexts are refused
+        typ, _ = c.meta(P.OPT_LIST_META_CONTEXT)
+        assert typ == P.REP_ERR_INVALID
+        c.negotiate_structured()
+        typ, all_ = c.meta(P.OPT_LIST_META_CONTEXT)
+        assert typ == P.REP_ACK
+        assert set(all_) == {"base:allocation", "qemu:allocation-depth",
+                             "qemu:dirty-bitmap:b0", "qemu:dirty-bitmap:b1"}
+        _, q = c.meta(P.OPT_LIST_META_CONTEXT, "", ["qemu:dirty-bitmap:"])
+        assert set(q) == {"qemu:dirty-bitmap:b0", "qemu:dirty-bitmap:b1"}
+        _, q = c.meta(P.OPT_LIST_META_CONTEXT, "", ["base:", "x-other:foo"])
+        assert set(q) == {"base:allocation"}
+        typ, _ = c.meta(P.OPT_LIST_META_CONTEXT, "nosuch", [])
+        assert typ == P.REP_ERR_UNKNOWN
+        # SET: wildcards select nothing, exact names select
+        typ, sel = c.meta(P.OPT_SET_META_CONTEXT, "", ["qemu:", "base:"])
+        assert typ == P.REP_ACK and sel == {}
+        typ, sel = c.meta(P.OPT_SET_META_CONTEXT, "",
+                          ["base:allocation", "qemu:dirty-bitmap:b1",
+                           "qemu:allocation-depth", "qemu:nosuch"])
+        assert set(sel) == {"base:allocation", "qemu:dirty-bitmap:b1",
+                            "qemu:allocation-depth"}
+        assert len(set(sel.values())) == 3
+        # malformed: a query length past the end
+        bad = struct.pack(">II", 0, 1) + struct.pack(">I", 100) + b"base:"
+        typ, _ = c.option(P.OPT_SET_META_CONTEXT, bad)
+        assert typ == P.REP_ERR_INVALID
+        c.close()
+
+
+def test_dirty_bitmap_block_status_follows_writes(tmp_path, sparse):
+    need("nbdinfo")
+    with ferry_nbd(tmp_path, sparse, "--x-create-bitmap=b0:64k",
+                   "-B", "b0") as srv:
+        c = P.Client(srv.sock)
+        ids = c.connect_export(meta=["qemu:dirty-bitmap:b0",
+                                     "base:allocation"])
+        assert c.pwrite(128 * 1024 + 10, b"d" * 100) == 0
+        assert c.simple(P.CMD_WRITE_ZEROES, 2 * MiB, MiB) == 0
+        st = c.block_status(0, 8 * MiB)
+        bm = st[ids["qemu:dirty-bitmap:b0"]]
+        assert bm == [(128 * 1024, 0), (64 * 1024, 1),
+                      (2 * MiB - 192 * 1024, 0), (MiB, 1), (5 * MiB, 0)]
+        # REQ_ONE: one extent per context, never past the request
+        st = c.block_status(100 * 1024, 50 * 1024, P.FLAG_REQ_ONE)
+        assert st[ids["qemu:dirty-bitmap:b0"]] == [(28 * 1024, 0)]
+        assert len(st[ids["base:allocation"]]) == 1
+        c.disconnect()
+        m = run(["nbdinfo", "--map=qemu:dirty-bitmap:b0", "--json",
+                 srv.uri()]).out
+    dirty = [(e["offset"], e["length"]) for e in json.loads(m)
+             if e["type"] == 1]
+    assert dirty == [(128 * 1024, 64 * 1024), (2 * MiB, MiB)]
+
+
+def test_allocation_depth_matches_qemu_nbd(tmp_path, sparse):
+    need("nbdinfo")
+    with ferry_nbd(tmp_path, sparse, "-A", "-r") as ours, \
+            qemu_nbd(tmp_path, sparse, "-A", "-r") as theirs:
+        a = run(["nbdinfo", "--map=qemu:allocation-depth", "--json",
+                 ours.uri()]).out
+        b = run(["nbdinfo", "--map=qemu:allocation-depth", "--json",
+                 theirs.uri()]).out
+    assert json.loads(a) == json.loads(b)
+
+
+def test_pipelined_requests_all_answered(tmp_path, sparse):
+    content = open(sparse, "rb").read()
+    with ferry_nbd(tmp_path, sparse, "-r") as srv:
+        c = P.Client(srv.sock)
+        c.connect_export()
+        want = {}
+        for i in range(64):
+            off = (i * 37 * 4096) % (7 * MiB)
+            cookie = c.request(P.CMD_READ, off, 64 * 1024 if i % 8 else MiB)
+            want[cookie] = off
+        seen = {}
+        while len(seen) < len(want):
+            ch = c.read_reply()
+            assert ch.cookie in want
+            seen.setdefault(ch.cookie, []).append(ch)
+            if ch.done:
+                seen[ch.cookie] = "done"
+        c.disconnect()
+
+
+def test_info_reports_block_size_and_name(tmp_path, sparse):
+    with ferry_nbd(tmp_path, sparse, "-D", "desc", name="n1") as srv:
+        c = P.Client(srv.sock)
+        c.handshake()
+        typ, info = c.go("n1", (P.INFO_NAME, P.INFO_DESCRIPTION,
+                                P.INFO_BLOCK_SIZE), opt=P.OPT_INFO)
+        assert typ == P.REP_ACK
+        assert info["name"] == "n1" and info["description"] == "desc"
+        assert info["block_size"] == (1, 4096, 32 * MiB)
+        assert info["size"] == 8 * MiB
+        # LIST carries data: refused; unknown options: unsupported
+        typ, _ = c.option(P.OPT_LIST, b"x")
+        assert typ == P.REP_ERR_INVALID
+        typ, _ = c.option(77, b"abc")
+        assert typ == P.REP_ERR_UNSUP
+        typ, _ = c.option(P.OPT_STARTTLS)
+        assert typ == P.REP_ERR_POLICY
+        typ, parts = c.option(P.OPT_LIST)
+        assert typ == P.REP_ACK and len(parts) == 1
+        c.send_option(P.OPT_ABORT)
+        assert c.option_reply()[1] == P.REP_ACK
+        c.close()
+
+
+def test_old_export_name_option_with_and_without_zeroes(tmp_path, sparse):
+    with ferry_nbd(tmp_path, sparse, name="e") as srv:
+        for cflags, pad in ((3, 0), (1, 124)):
+            c = P.Client(srv.sock)
+            c.handshake(cflags)
+            c.send_option(P.OPT_EXPORT_NAME, b"e")
+            size, flags = struct.unpack(">QH", c.recvall(10))
+            assert size == 8 * MiB
+            assert c.recvall(pad) == bytes(pad)
+            # transmission works, with simple replies
+            c.size = size
+            data, _ = c.pread(MiB, 8)
+            assert len(data) == 8
+            c.disconnect()
