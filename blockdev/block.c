@@ -976,6 +976,28 @@ bool block_node_reopen(BlockNode *bs, uint32_t new_flags, GError **errp)
     return ok;
 }
 
+int block_node_read_uncached_if_cold(BlockNode *bs)
+{
+    BlockChild *kids[3] = { bs->file, bs->backing, bs->data_file };
+    int n = 0;
+
+    for (int i = 0; i < 3; i++) {
+        if (kids[i]) {
+            n += block_node_read_uncached_if_cold(kids[i]->node);
+        }
+    }
+    if (!(bs->open_flags & (BLOCK_O_RDWR | BLOCK_O_NOCACHE)) &&
+        bs->drv->read_uncached_if_cold) {
+        block_node_drain_begin(bs);
+        if (bs->drv->read_uncached_if_cold(bs)) {
+            bs->open_flags |= BLOCK_O_NOCACHE;
+            n++;
+        }
+        block_node_drain_end(bs);
+    }
+    return n;
+}
+
 /* -- replacing a node under its users (mirror, active commit) ------------- */
 
 static bool is_edge_of(BlockUser *u, BlockNode *parent)

@@ -242,6 +242,14 @@ void block_node_set_write_hook(BlockNode *bs, BlockWriteHook *hook);
 
 /* Reopen read-write or read-only (commit needs its base writable). */
 bool block_node_reopen(BlockNode *bs, uint32_t new_flags, GError **errp);
+/*
+ * For one-pass readers (img convert): every read-only file under bs whose
+ * data is mostly not in the page cache switches to O_DIRECT, so a cold
+ * image is read once by DMA instead of into the cache and copied out.
+ * Returns how many nodes switched.  Nothing changes for warm files, written
+ * nodes, or where O_DIRECT is not supported.
+ */
+int block_node_read_uncached_if_cold(BlockNode *bs);
 
 /* -- data path: 0 or -errno ----------------------------------------------- */
 

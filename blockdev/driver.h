@@ -161,6 +161,12 @@ struct BlockDriver {
     /* Apply new flags (RDWR <-> read-only); children are reopened first. */
     bool (*reopen)(BlockNode *bs, uint32_t new_flags, GError **errp);
     /*
+     * Optional: a one-pass reader is about to read this read-only node
+     * once; bypass the page cache if the data is not in it.  True if the
+     * node now reads uncached.  Node drained.
+     */
+    bool (*read_uncached_if_cold)(BlockNode *bs);
+    /*
      * What this node needs on a child when its users hold perm/shared.
      * NULL: block_default_child_perm().  Raw points at the filter rule.
      */

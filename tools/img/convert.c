@@ -591,6 +591,10 @@ static int open_sources(Convert *s, const ConvertOpts *o, char **specs,
                                    "cannot get the size of '%s'", specs[i]);
             return -1;
         }
+        if (!o->src_cache) {
+            /* No -T: a cold source is read once, past the page cache. */
+            block_node_read_uncached_if_cold(src->bs);
+        }
         src->start = s->total;
         s->total += src->len;
         /* -B: only the source's own layer is copied, its backing is shared. */

@@ -559,3 +559,98 @@ def test_convert_odd_size_to_qcow2_rounds_up_like_qemu(ferry, qemu_img,
     assert qemu_img("info", "--output=json", ours).json()["virtual-size"] == \
         2 * MiB + 512
     qemu_img("compare", ours, theirs)
+
+
+# -- cold sources are read past the page cache ---------------------------------
+
+def cachestat_works(path):
+    """True if this kernel has cachestat(2) (Linux 6.5), which ferry uses to
+    tell a cold source from a warm one."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    rng = (ctypes.c_uint64 * 2)(0, 0)
+    cs = (ctypes.c_uint64 * 5)()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return libc.syscall(451, fd, rng, cs, 0) == 0
+    finally:
+        os.close(fd)
+
+
+def make_cold(path):
+    """Write back and evict one file's pages (no machine-wide drop_caches)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def debug_convert(ferry, *args):
+    env = dict(os.environ, FERRY_LOG="debug")
+    return ferry("img", "convert", *args, env=env).err
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_convert_reads_a_cold_source_uncached(ferry, qemu_img, tmp_path, fmt):
+    """ferry reads a source that is not in the page cache with O_DIRECT (one
+    DMA instead of a fill and a copy, and the user's cache is left alone);
+    a warm source, -T, and file systems without O_DIRECT keep the cache."""
+    if fmt == "qcow2":
+        need_qcow2(ferry)
+    # ferry bypasses the cache from 64 MiB of allocated data; compressed
+    # qcow2 keeps a quarter of this image's size
+    size = 96 * MiB if fmt == "raw" else 288 * MiB
+    base = tmp_path / "base.raw"
+    mixed_image(base, size=size, seed=11)
+    with open(base, "r+b") as f:      # odd tail: the last direct read is short
+        f.truncate(size + 1536)
+        f.seek(size)
+        f.write(b"tail" * 300)
+    src = tmp_path / ("src." + fmt)
+    if fmt == "raw":
+        shutil.copy(base, src)
+    else:
+        # compressed clusters sit at unaligned offsets: bounce reads
+        qemu_img("convert", "-f", "raw", "-O", "qcow2", "-c", base, src)
+    if not cachestat_works(src):
+        pytest.skip("kernel without cachestat(2) (Linux < 6.5): ferry keeps "
+                    "the page cache for every source there")
+    make_cold(src)
+    out = tmp_path / "cold.raw"
+    err = debug_convert(ferry, "-f", fmt, "-O", "raw", src, out)
+    if "reading with O_DIRECT" not in err:
+        probe = os.open(str(src), os.O_RDONLY | os.O_DIRECT)  # raises if none
+        os.close(probe)
+        pytest.fail("a cold source was read through the page cache:\n" + err)
+    qemu_img("compare", "-f", "raw", "-F", "raw", base, out)
+
+    # warm: read it all once, then the cache is used
+    with open(src, "rb") as f:
+        while f.read(8 * MiB):
+            pass
+    err = debug_convert(ferry, "-f", fmt, "-O", "raw", src, tmp_path / "warm.raw")
+    assert "O_DIRECT" not in err
+    qemu_img("compare", "-f", "raw", "-F", "raw", base, tmp_path / "warm.raw")
+
+    # -T names the cache mode: no guessing
+    make_cold(src)
+    err = debug_convert(ferry, "-T", "writeback", "-f", fmt, "-O", "raw", src,
+                        tmp_path / "t.raw")
+    assert "O_DIRECT" not in err
+
+
+def test_convert_cold_source_on_tmpfs_stays_buffered(ferry, qemu_img):
+    """tmpfs has no O_DIRECT: the switch is not tried into an error."""
+    import tempfile
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm tmpfs on this machine")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        src = os.path.join(d, "src.raw")
+        mixed_image(src, size=80 * MiB, seed=3)
+        err = debug_convert(ferry, "-f", "raw", "-O", "raw", src,
+                            os.path.join(d, "out.raw"))
+        assert "O_DIRECT" not in err
+        qemu_img("compare", "-f", "raw", "-F", "raw", src,
+                 os.path.join(d, "out.raw"))
