@@ -221,6 +221,20 @@ int blk_pread(BlockBackend *blk, int64_t offset, int64_t bytes, void *buf,
     return ret;
 }
 
+int blk_splice_read(BlockBackend *blk, int64_t offset, int64_t bytes,
+                    int pipe_wr)
+{
+    int ret;
+
+    blk_enter(blk);
+    ret = check_range(blk, offset, bytes, 0);
+    if (ret == 0) {
+        ret = block_node_splice_read(blk->root, offset, bytes, pipe_wr);
+    }
+    blk_exit(blk);
+    return ret;
+}
+
 int blk_pwrite(BlockBackend *blk, int64_t offset, int64_t bytes,
                const void *buf, uint32_t flags)
 {

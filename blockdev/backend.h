@@ -40,6 +40,9 @@ bool blk_set_perm(BlockBackend *blk, uint32_t perm, uint32_t shared,
 /* Requests: 0 or -errno; -EIO past the end, -EPERM without permission. */
 int blk_pread(BlockBackend *blk, int64_t offset, int64_t bytes, void *buf,
               uint32_t flags);
+/* block_node_splice_read() through the backend's checks. */
+int blk_splice_read(BlockBackend *blk, int64_t offset, int64_t bytes,
+                    int pipe_wr);
 int blk_pwrite(BlockBackend *blk, int64_t offset, int64_t bytes,
                const void *buf, uint32_t flags);
 int blk_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t bytes,

@@ -8,6 +8,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -1281,6 +1282,59 @@ int block_node_pread(BlockNode *bs, int64_t offset, int64_t bytes, void *buf,
         bytes -= n;
         buf = (char *)buf + n;
     }
+    req_exit(bs);
+    return ret;
+}
+
+int block_node_splice_read(BlockNode *bs, int64_t offset, int64_t bytes,
+                           int pipe_wr)
+{
+    int64_t pnum = 0, map = 0;
+    BlockNode *file = NULL, *n;
+    int fd, st, ret = check_request(bs, offset, bytes, false);
+
+    if (ret < 0 || bytes == 0) {
+        return ret;
+    }
+    req_enter(bs);
+    st = block_node_block_status(bs, offset, bytes, &pnum, &map, &file);
+    ret = -ENOTSUP;
+    if (st < 0 || pnum != bytes || !file || !file->drv->host_fd ||
+        (st & (BLOCK_STATUS_ZERO | BLOCK_STATUS_COMPRESSED)) ||
+        (st & (BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID)) !=
+            (BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID)) {
+        goto out;
+    }
+    /* Every layer between must keep its mapping while the node is open. */
+    for (n = bs; n != file; n = n->file->node) {
+        if (!(n->drv->caps & BLOCK_CAP_STABLE_MAP) || !n->file ||
+            n->backing || n->data_file) {
+            goto out;
+        }
+    }
+    if (!(file->drv->caps & BLOCK_CAP_STABLE_MAP) ||
+        (fd = file->drv->host_fd(file)) < 0) {
+        goto out;
+    }
+    req_enter(file);
+    ret = 0;
+    while (bytes > 0) {
+        loff_t off = map;
+        ssize_t done = splice(fd, &off, pipe_wr, NULL, (size_t)bytes,
+                              SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (done < 0 && errno == EINTR) {
+            continue;
+        }
+        if (done <= 0) {
+            /* 0: the file ended early; EAGAIN: the pipe is full */
+            ret = done == 0 ? -EIO : -errno;
+            break;
+        }
+        map += done;
+        bytes -= done;
+    }
+    req_exit(file);
+out:
     req_exit(bs);
     return ret;
 }

@@ -251,6 +251,18 @@ bool block_node_reopen(BlockNode *bs, uint32_t new_flags, GError **errp);
  */
 int block_node_read_uncached_if_cold(BlockNode *bs);
 
+/*
+ * Zero-copy read: move [offset, offset+bytes) of bs into the pipe pipe_wr
+ * as page references (splice), without copying the data.  Only where the
+ * range is plain data at a fixed place in a host file (raw over file:
+ * BLOCK_CAP_STABLE_MAP all the way down); bytes must fit in the pipe, which
+ * should be empty.  Returns 0 with every byte in the pipe; -ENOTSUP where
+ * the layout does not allow it (nothing was moved: use pread); other
+ * -errno with possibly some bytes in the pipe, which the caller discards.
+ */
+int block_node_splice_read(BlockNode *bs, int64_t offset, int64_t bytes,
+                           int pipe_wr);
+
 /* -- data path: 0 or -errno ----------------------------------------------- */
 
 int block_node_pread(BlockNode *bs, int64_t offset, int64_t bytes, void *buf,

@@ -36,6 +36,7 @@ typedef enum {
 #define BLOCK_CAP_COMPRESSED    (1u << 3)  /* BLOCK_REQ_WRITE_COMPRESSED */
 #define BLOCK_CAP_ZERO_INIT     (1u << 4)  /* a new image reads as zeroes */
 #define BLOCK_CAP_FUA           (1u << 5)  /* honours BLOCK_REQ_FUA itself */
+#define BLOCK_CAP_STABLE_MAP    (1u << 6)  /* mapped offsets never move while open */
 
 /* A creation option, for validation and for "-o help". */
 typedef enum {
@@ -166,6 +167,11 @@ struct BlockDriver {
      * node now reads uncached.  Node drained.
      */
     bool (*read_uncached_if_cold)(BlockNode *bs);
+    /*
+     * Optional, protocols: a descriptor whose bytes at the mapped offsets
+     * are the node's, readable through the page cache (splice), or -1.
+     */
+    int (*host_fd)(BlockNode *bs);
     /*
      * What this node needs on a child when its users hold perm/shared.
      * NULL: block_default_child_perm().  Raw points at the filter rule.

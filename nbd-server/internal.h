@@ -223,6 +223,8 @@ struct NbdWorker {
     size_t cap;                   /* bytes usable after the headroom */
     uint8_t *ext_buf;             /* block status descriptors */
     size_t ext_cap;               /* bytes */
+    int pipe[2];                  /* zero-copy reads (request.c); -1: none */
+    size_t pipe_cap;              /* bytes the pipe holds; 0: not tried */
 };
 
 struct NbdClient {
@@ -278,6 +280,7 @@ bool nbd_client_spawn_worker_locked(NbdClient *c);
 uint8_t *nbd_worker_buf(NbdWorker *w, size_t len);
 void nbd_worker_trim(NbdWorker *w);
 void nbd_worker_free(NbdWorker *w);
+void nbd_worker_close_pipe(NbdWorker *w);   /* request.c */
 
 /* -- io.c ------------------------------------------------------------------ */
 
@@ -288,6 +291,8 @@ int nbd_io_skip(NbdClient *c, uint64_t len);
 /* Write all of iov (the caller holds send_lock or is negotiating). */
 int nbd_io_writev(NbdClient *c, struct iovec *iov, int iovcnt);
 int nbd_io_write(NbdClient *c, const void *buf, size_t len);
+/* Move len bytes from the pipe pipe_rd to the client (send_lock held). */
+int nbd_io_splice(NbdClient *c, int pipe_rd, size_t len);
 
 /* -- negotiate.c ----------------------------------------------------------- */
 

@@ -7,6 +7,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -211,4 +212,32 @@ int nbd_io_write(NbdClient *c, const void *buf, size_t len)
     struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
 
     return nbd_io_writev(c, &iov, 1);
+}
+
+int nbd_io_splice(NbdClient *c, int pipe_rd, size_t len)
+{
+    g_assert(!c->ssl);
+    while (len > 0) {
+        ssize_t n = splice(pipe_rd, NULL, c->fd, NULL, len,
+                           SPLICE_F_MOVE | SPLICE_F_MORE);
+        if (n < 0) {
+            int ret;
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno != EAGAIN) {
+                return -errno;
+            }
+            ret = wait_fd(c, POLLOUT);
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
+        }
+        if (n == 0) {
+            return -EIO;
+        }
+        len -= (size_t)n;
+    }
+    return 0;
 }

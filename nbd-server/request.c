@@ -15,8 +15,10 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "nbd-server/internal.h"
@@ -489,6 +491,102 @@ static int send_read_sparse(NbdClient *c, const NbdRequest *req,
     return send_locked(c, iov, niov);
 }
 
+/*
+ * Zero-copy reads.  Where the export is plain data in a host file (raw over
+ * file, see block_node_splice_read), a read moves page references from the
+ * page cache into the worker's pipe and from there into the socket: the
+ * kernel copies the data once, into the socket buffer, instead of into our
+ * buffer and then out of it.  The pipe fills before send_lock is taken, so
+ * a read the block layer cannot splice still falls back to pread with
+ * nothing sent.  A spliced read is one data chunk (so DF holds): holes in
+ * the file are never spliced (block status says so first), but zeroes
+ * written as data go as data, as with qemu-nbd.  Not with TLS (the bytes
+ * must pass through OpenSSL), nor below SPLICE_READ_MIN, where the copy
+ * costs less than the extra system calls.
+ */
+#define SPLICE_READ_MIN   (64 * 1024)
+#define SPLICE_PIPE_BYTES (1024 * 1024)
+
+static void worker_pipe_close(NbdWorker *w)
+{
+    if (w->pipe_cap && w->pipe[0] >= 0) {
+        close(w->pipe[0]);
+        close(w->pipe[1]);
+    }
+    w->pipe[0] = w->pipe[1] = -1;
+}
+
+/* The worker's pipe, made on first use; false if there is none. */
+static bool worker_pipe(NbdWorker *w)
+{
+    int sz;
+
+    if (w->pipe_cap) {
+        return w->pipe[0] >= 0;
+    }
+    w->pipe_cap = 1;     /* tried */
+    w->pipe[0] = w->pipe[1] = -1;
+    if (pipe2(w->pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+        w->pipe[0] = w->pipe[1] = -1;
+        return false;
+    }
+    /* 1 MiB is the unprivileged limit (fs.pipe-max-size) by default. */
+    fcntl(w->pipe[1], F_SETPIPE_SZ, SPLICE_PIPE_BYTES);
+    sz = fcntl(w->pipe[1], F_GETPIPE_SZ);
+    if (sz < SPLICE_READ_MIN) {
+        worker_pipe_close(w);
+        w->pipe_cap = 1;
+        return false;
+    }
+    w->pipe_cap = (size_t)sz;
+    return true;
+}
+
+void nbd_worker_close_pipe(NbdWorker *w)
+{
+    worker_pipe_close(w);
+    w->pipe_cap = 0;
+}
+
+/* 1 if the read is not for splicing (use pread), else the send's result. */
+static int read_splice(NbdClient *c, NbdWorker *w, const NbdRequest *req)
+{
+    uint8_t h[40];
+    struct iovec iov = { .iov_base = h };
+    int ret;
+
+    if (c->ssl || !c->structured || req->len < SPLICE_READ_MIN || !worker_pipe(w) ||
+        req->len > w->pipe_cap) {
+        return 1;
+    }
+    ret = blk_splice_read(c->exp->blk, req->offset, req->len, w->pipe[1]);
+    if (ret < 0) {
+        if (ret != -ENOTSUP) {
+            /* part of it may sit in the pipe: start over with a new one */
+            nbd_worker_close_pipe(w);
+        }
+        return 1;
+    }
+    iov.iov_len = chunk_hdr(c, h, req, NBD_REPLY_FLAG_DONE,
+                            NBD_REPLY_TYPE_OFFSET_DATA, req->len + 8);
+    nbd_put64(h + iov.iov_len, req->offset);
+    iov.iov_len += 8;
+    g_mutex_lock(&c->send_lock);
+    ret = flush_queue_locked(c);
+    if (ret == 0) {
+        ret = HANGUP(c) ? -EPIPE : nbd_io_writev(c, &iov, 1);
+    }
+    if (ret == 0) {
+        ret = nbd_io_splice(c, w->pipe[0], req->len);
+    }
+    if (ret < 0) {
+        send_failed(c, ret);
+        nbd_worker_close_pipe(w);     /* may hold the unsent rest */
+    }
+    send_unlock(c);
+    return ret;
+}
+
 static int do_read(NbdClient *c, NbdWorker *w, const NbdRequest *req)
 {
     NbdExport *exp = c->exp;
@@ -501,6 +599,10 @@ static int do_read(NbdClient *c, NbdWorker *w, const NbdRequest *req)
         }
         return nbd_send_chunk(c, req, NBD_REPLY_FLAG_DONE,
                               NBD_REPLY_TYPE_NONE, NULL, 0, 0);
+    }
+    ret = read_splice(c, w, req);
+    if (ret <= 0) {
+        return ret;
     }
     buf = nbd_worker_buf(w, req->len);
     if (!buf) {
@@ -727,7 +829,7 @@ static void account(NbdClient *c, int64_t ns)
 
 void nbd_client_work(NbdClient *c, bool may_retire)
 {
-    NbdWorker w = { .client = c };
+    NbdWorker w = { .client = c, .pipe = { -1, -1 } };
 
     for (;;) {
         NbdRequest req;
@@ -793,4 +895,5 @@ void nbd_client_work(NbdClient *c, bool may_retire)
         g_atomic_int_add(&c->nb_busy, -1);
     }
     nbd_worker_free(&w);
+    nbd_worker_close_pipe(&w);
 }

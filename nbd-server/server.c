@@ -14,6 +14,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -387,6 +388,16 @@ void nbd_server_serve_fd(NbdServer *srv, int fd)
 NbdServer *nbd_server_new(const NbdServerConfig *cfg)
 {
     NbdServer *srv = g_new0(NbdServer, 1);
+    struct sigaction sa;
+
+    /*
+     * splice() into a socket the client closed raises SIGPIPE (it takes no
+     * MSG_NOSIGNAL); a program that left SIGPIPE at its default would die
+     * of a client hanging up, so it is ignored, as in QEMU.
+     */
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+        signal(SIGPIPE, SIG_IGN);
+    }
 
     srv->cfg = *cfg;
     g_mutex_init(&srv->lock);

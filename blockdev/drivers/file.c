@@ -337,6 +337,14 @@ static int64_t file_cached_bytes(int fd)
 /* Below this many allocated bytes the page cache costs too little to skip. */
 #define FILE_UNCACHED_MIN_BYTES  (INT64_C(64) << 20)
 
+static int file_host_fd(BlockNode *bs)
+{
+    FileState *s = bs->opaque;
+
+    /* splice from an O_DIRECT descriptor would bypass nothing */
+    return (bs->open_flags & BLOCK_O_NOCACHE) ? -1 : s->fd;
+}
+
 static bool file_read_uncached_if_cold(BlockNode *bs)
 {
     FileState *s = bs->opaque;
@@ -767,7 +775,8 @@ static const BlockCreateOpt file_create_opts[] = {
 const BlockDriver file_driver = {
     .name           = "file",
     .kind           = BLOCK_DRIVER_PROTOCOL,
-    .caps           = BLOCK_CAP_ZERO_INIT | BLOCK_CAP_FUA,
+    .caps           = BLOCK_CAP_ZERO_INIT | BLOCK_CAP_FUA |
+                      BLOCK_CAP_STABLE_MAP,
     .state_size     = sizeof(FileState),
     .open_opts      = file_open_opts,
     .create_opts    = file_create_opts,
@@ -776,6 +785,7 @@ const BlockDriver file_driver = {
     .close          = file_close,
     .reopen         = file_reopen,
     .read_uncached_if_cold = file_read_uncached_if_cold,
+    .host_fd        = file_host_fd,
     .set_perm       = file_set_perm,
     .create         = file_create,
     .pread          = file_pread,

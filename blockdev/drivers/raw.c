@@ -199,7 +199,8 @@ static const BlockCreateOpt raw_create_opts[] = {
 const BlockDriver raw_driver = {
     .name          = "raw",
     .kind          = BLOCK_DRIVER_FORMAT,
-    .caps          = BLOCK_CAP_ZERO_INIT | BLOCK_CAP_FUA,
+    .caps          = BLOCK_CAP_ZERO_INIT | BLOCK_CAP_FUA |
+                     BLOCK_CAP_STABLE_MAP,
     .state_size    = sizeof(RawState),
     .open_opts     = raw_open_opts,
     .create_opts   = raw_create_opts,

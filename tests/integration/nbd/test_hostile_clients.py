@@ -338,3 +338,34 @@ def test_garbage_handshakes(server):
         except OSError:
             pass
         s.close()
+
+
+def test_hangups_during_spliced_replies(tmp_path):
+    """Reads of raw data leave by splice (which raises SIGPIPE, not an error,
+    on a closed socket unless it is ignored): clients that reset mid-reply
+    neither kill the server nor leak its pipes and threads."""
+    img = tmp_path / "d.raw"
+    with open(img, "wb") as f:
+        f.write(random.Random(9).randbytes(32 * MiB))
+    with ferry_nbd(tmp_path, img, "-e", "0") as srv:
+        c = P.Client(srv.sock)
+        c.connect_export()
+        c.pread(0, MiB)
+        c.disconnect()
+        time.sleep(0.2)
+        baseline = proc_counts(srv.proc.pid)
+        for k in range(20):
+            c = P.Client(srv.sock)
+            c.connect_export(extended=bool(k % 2))
+            for i in range(16):
+                c.request(P.CMD_READ, i * MiB, MiB)
+            c.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                           struct.pack("ii", 1, 0))      # RST, not FIN
+            c.close()
+        c = P.Client(srv.sock)
+        c.connect_export()
+        data, _ = c.pread(3 * MiB, MiB)
+        assert data == open(img, "rb").read()[3 * MiB:4 * MiB]
+        c.disconnect()
+        wait_counts(srv.proc.pid, baseline)
+        assert srv.alive()

@@ -266,3 +266,78 @@ def test_old_export_name_option_with_and_without_zeroes(tmp_path, sparse):
             data, _ = c.pread(MiB, 8)
             assert len(data) == 8
             c.disconnect()
+
+
+# -- zero-copy reads ------------------------------------------------------------
+
+def data_image(path):
+    """Random data at [0, 6M) and [7M, 8M+1000), a hole in between; an odd
+    size, so the last read ends where the file does."""
+    import random
+    rnd = random.Random(5)
+    with open(path, "wb") as f:
+        f.write(rnd.randbytes(6 * MiB))
+        f.seek(7 * MiB)
+        f.write(rnd.randbytes(MiB + 1000))
+    return open(path, "rb").read()
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_reads_of_raw_data_are_whole_data_chunks(tmp_path, extended):
+    """Reads of plain data in a raw file go out by splice (page cache to
+    socket, no copy through ferry's buffers): the bytes and the chunk
+    framing are those of the buffered path."""
+    img = tmp_path / "data.raw"
+    content = data_image(img)
+    with ferry_nbd(tmp_path, img, "-r") as srv:
+        c = P.Client(srv.sock)
+        c.connect_export(extended=extended)
+        for off, ln in [(0, MiB), (4096, 640 * 1024), (1536, 64 * 1024),
+                        (5 * MiB + 512, MiB - 512),
+                        (len(content) - 100000, 100000)]:
+            data, chunks = c.pread(off, ln)
+            assert data == content[off:off + ln], (off, ln)
+            assert [ch.type for ch in chunks] == [P.TYPE_OFFSET_DATA]
+            assert chunks[0].done
+        # spanning data and the hole: the hole is still a hole
+        data, chunks = c.pread(6 * MiB - 65536, 256 * 1024)
+        assert data == content[6 * MiB - 65536:6 * MiB + 196608]
+        assert [ch.type for ch in chunks] == [P.TYPE_OFFSET_DATA,
+                                              P.TYPE_OFFSET_HOLE]
+        # DF: one chunk either way
+        data, chunks = c.pread(MiB, MiB, P.FLAG_DF)
+        assert data == content[MiB:2 * MiB]
+        assert [ch.type for ch in chunks] == [P.TYPE_OFFSET_DATA]
+        # larger than the pipe: the buffered path, same bytes
+        data, _ = c.pread(0, 4 * MiB)
+        assert data == content[:4 * MiB]
+        # many reads in flight at once, replies in any order
+        cookies = {c.request(P.CMD_READ, i * 393216, 262144): i
+                   for i in range(12)}
+        for _ in range(12):
+            ch = c.read_reply()
+            i = cookies.pop(ch.cookie)
+            assert ch.type == P.TYPE_OFFSET_DATA and ch.done
+            assert ch.payload[8:] == content[i * 393216:i * 393216 + 262144]
+        c.disconnect()
+
+
+def test_reads_see_writes_from_other_connections(tmp_path):
+    """A spliced read after an acknowledged write (on another connection)
+    returns the written bytes."""
+    img = tmp_path / "data.raw"
+    content = bytearray(data_image(img))
+    with ferry_nbd(tmp_path, img, "-e", "2") as srv:
+        w, r = P.Client(srv.sock), P.Client(srv.sock)
+        w.connect_export()
+        r.connect_export()
+        for k in range(8):
+            off = k * 700 * 1024
+            blob = bytes([k + 1]) * 300000
+            assert w.pwrite(off, blob) == 0
+            content[off:off + len(blob)] = blob
+            data, _ = r.pread(off - off % 4096, MiB)
+            start = off - off % 4096
+            assert data == bytes(content[start:start + MiB]), k
+        w.disconnect()
+        r.disconnect()
