@@ -241,3 +241,41 @@ int nbd_io_splice(NbdClient *c, int pipe_rd, size_t len)
     }
     return 0;
 }
+
+int nbd_io_read_to_pipe(NbdClient *c, int pipe_wr, size_t len)
+{
+    g_assert(!c->ssl);
+    c->small_ahead = true;
+    /* What read-ahead already holds goes in by write: it is little. */
+    if (c->rpos < c->rlen) {
+        size_t n = MIN(len, c->rlen - c->rpos);
+        ssize_t w = write(pipe_wr, c->rbuf + c->rpos, n);
+        if (w != (ssize_t)n) {
+            return w < 0 ? -errno : -EIO;
+        }
+        c->rpos += n;
+        len -= n;
+    }
+    while (len > 0) {
+        ssize_t n = splice(c->fd, NULL, pipe_wr, NULL, len, SPLICE_F_MOVE);
+        if (n < 0) {
+            int ret;
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno != EAGAIN) {
+                return -errno;
+            }
+            ret = wait_fd(c, POLLIN);
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
+        }
+        if (n == 0) {
+            return -ECONNRESET;
+        }
+        len -= (size_t)n;
+    }
+    return 0;
+}
