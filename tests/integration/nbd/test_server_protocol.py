@@ -344,10 +344,9 @@ def test_reads_see_writes_from_other_connections(tmp_path):
 
 
 def test_large_writes_land_and_mark_bitmaps(tmp_path, sparse):
-    """Writes of 64 KiB and more to a raw export go socket → pipe → file by
-    splice: the bytes land, FUA holds, dirty bitmaps are marked, and small
-    writes pipelined right behind (partly in ferry's read-ahead) still land
-    where they belong."""
+    """Large and small writes pipelined together (the small ones partly in
+    ferry's read-ahead behind a large payload) land where they belong, FUA
+    holds, and dirty bitmaps mark exactly the granules written."""
     import random
     rnd = random.Random(12)
     expect = bytearray(open(sparse, "rb").read())
