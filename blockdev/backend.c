@@ -235,21 +235,6 @@ int blk_splice_read(BlockBackend *blk, int64_t offset, int64_t bytes,
     return ret;
 }
 
-int blk_splice_write(BlockBackend *blk, int64_t offset, int64_t bytes,
-                     int pipe_rd, uint32_t flags)
-{
-    int ret;
-
-    blk_enter(blk);
-    ret = check_range(blk, offset, bytes, BLOCK_PERM_WRITE);
-    if (ret == 0) {
-        ret = block_node_splice_write(blk->root, offset, bytes, pipe_rd,
-                                      flags);
-    }
-    blk_exit(blk);
-    return ret;
-}
-
 int blk_pwrite(BlockBackend *blk, int64_t offset, int64_t bytes,
                const void *buf, uint32_t flags)
 {

@@ -43,9 +43,6 @@ int blk_pread(BlockBackend *blk, int64_t offset, int64_t bytes, void *buf,
 /* block_node_splice_read() through the backend's checks. */
 int blk_splice_read(BlockBackend *blk, int64_t offset, int64_t bytes,
                     int pipe_wr);
-/* block_node_splice_write() through the backend's checks. */
-int blk_splice_write(BlockBackend *blk, int64_t offset, int64_t bytes,
-                     int pipe_rd, uint32_t flags);
 int blk_pwrite(BlockBackend *blk, int64_t offset, int64_t bytes,
                const void *buf, uint32_t flags);
 int blk_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t bytes,

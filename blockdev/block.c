@@ -1339,60 +1339,6 @@ out:
     return ret;
 }
 
-int block_node_splice_write(BlockNode *bs, int64_t offset, int64_t bytes,
-                            int pipe_rd, uint32_t flags)
-{
-    BlockNode *file = bs->file ? bs->file->node : bs;
-    int64_t pnum = 0, map = 0;
-    BlockNode *mapped = NULL;
-    int st, ret = check_request(bs, offset, bytes, true);
-
-    if (ret < 0 || bytes == 0) {
-        return ret;
-    }
-    /* bs is the file, or a linear layer right above it; nothing watches. */
-    if (!file->drv->splice_write ||
-        !(bs->drv->caps & file->drv->caps & BLOCK_CAP_STABLE_MAP) ||
-        (file != bs && file->file) || bs->backing || bs->data_file) {
-        return -ENOTSUP;
-    }
-    req_enter(bs);
-    /* Hooks are installed while drained: look once inside the request. */
-    st = bs->write_hook ? -1 :
-         block_node_block_status(bs, offset, bytes, &pnum, &map, &mapped);
-    if (st < 0 || !(st & BLOCK_STATUS_OFFSET_VALID) || mapped != file) {
-        ret = -ENOTSUP;
-        goto out;
-    }
-    if (file != bs) {
-        ret = check_request(file, map, bytes, true);
-        if (ret < 0) {
-            goto out;
-        }
-        req_enter(file);
-        if (file->write_hook) {
-            req_exit(file);
-            ret = -ENOTSUP;
-            goto out;
-        }
-    }
-    ret = file->drv->splice_write(file, pipe_rd, map, bytes, flags);
-    if (ret == 0 && !(flags & BLOCK_REQ_NO_BITMAPS)) {
-        if (bs->bitmaps) {
-            block_dirty_bitmaps_mark(bs, offset, bytes);
-        }
-        if (file != bs && file->bitmaps) {
-            block_dirty_bitmaps_mark(file, map, bytes);
-        }
-    }
-    if (file != bs) {
-        req_exit(file);
-    }
-out:
-    req_exit(bs);
-    return ret;
-}
-
 int block_node_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
                       const void *buf, uint32_t flags)
 {

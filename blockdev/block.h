@@ -262,14 +262,6 @@ int block_node_read_uncached_if_cold(BlockNode *bs);
  */
 int block_node_splice_read(BlockNode *bs, int64_t offset, int64_t bytes,
                            int pipe_wr);
-/*
- * Zero-copy write: bytes from the pipe pipe_rd go to [offset, offset+bytes)
- * of bs.  Only bs = a file, or raw over a file, with no write hook (block
- * jobs) on either; dirty bitmaps are marked as by a write.  -ENOTSUP with
- * the pipe untouched where that does not hold (read it and pwrite).
- */
-int block_node_splice_write(BlockNode *bs, int64_t offset, int64_t bytes,
-                            int pipe_rd, uint32_t flags);
 
 /* -- data path: 0 or -errno ----------------------------------------------- */
 

@@ -36,7 +36,7 @@ typedef enum {
 #define BLOCK_CAP_COMPRESSED    (1u << 3)  /* BLOCK_REQ_WRITE_COMPRESSED */
 #define BLOCK_CAP_ZERO_INIT     (1u << 4)  /* a new image reads as zeroes */
 #define BLOCK_CAP_FUA           (1u << 5)  /* honours BLOCK_REQ_FUA itself */
-#define BLOCK_CAP_STABLE_MAP    (1u << 6)  /* maps linearly; never moves while open */
+#define BLOCK_CAP_STABLE_MAP    (1u << 6)  /* mapped offsets never move while open */
 
 /* A creation option, for validation and for "-o help". */
 typedef enum {
@@ -172,12 +172,6 @@ struct BlockDriver {
      * are the node's, readable through the page cache (splice), or -1.
      */
     int (*host_fd)(BlockNode *bs);
-    /*
-     * Optional, protocols: write bytes taken from the pipe pipe_rd at
-     * offset (splice, no copy through user memory); BLOCK_REQ_FUA honoured.
-     */
-    int (*splice_write)(BlockNode *bs, int pipe_rd, int64_t offset,
-                        int64_t bytes, uint32_t flags);
     /*
      * What this node needs on a child when its users hold perm/shared.
      * NULL: block_default_child_perm().  Raw points at the filter rule.

@@ -152,7 +152,6 @@ struct NbdExport {
     bool readonly;
     bool allocation_depth;
     NbdDetectZeroes detect_zeroes;
-    bool no_splice_write;         /* atomic: a write could not splice */
     uint32_t min_block;           /* bytes: the node's request alignment */
     BlockDirtyBitmap **bitmaps;   /* exported bitmaps; busy while here */
     unsigned nb_bitmaps;
@@ -226,7 +225,6 @@ struct NbdWorker {
     size_t ext_cap;               /* bytes */
     int pipe[2];                  /* zero-copy reads (request.c); -1: none */
     size_t pipe_cap;              /* bytes the pipe holds; 0: not tried */
-    size_t in_pipe;               /* a write payload waiting in the pipe */
 };
 
 struct NbdClient {
@@ -295,8 +293,6 @@ int nbd_io_writev(NbdClient *c, struct iovec *iov, int iovcnt);
 int nbd_io_write(NbdClient *c, const void *buf, size_t len);
 /* Move len bytes from the pipe pipe_rd to the client (send_lock held). */
 int nbd_io_splice(NbdClient *c, int pipe_rd, size_t len);
-/* Read a len-byte payload into the pipe pipe_wr (recv_lock held). */
-int nbd_io_read_to_pipe(NbdClient *c, int pipe_wr, size_t len);
 
 /* -- negotiate.c ----------------------------------------------------------- */
 

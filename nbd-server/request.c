@@ -626,58 +626,7 @@ static int do_read(NbdClient *c, NbdWorker *w, const NbdRequest *req)
     return send_read_sparse(c, req, buf);
 }
 
-/*
- * Zero-copy writes, the mirror of read_splice(): a write payload of 64 KiB
- * to the pipe's size is spliced from the socket into the worker's pipe and
- * from there into the file (raw over file, nothing watching the writes:
- * block_node_splice_write), so it is copied once, into the page cache.
- * Not with TLS, nor with --detect-zeroes (which must see the bytes).  If
- * the node turns out not to allow it, the payload is read back out of the
- * pipe and written as usual, and the export stops trying.
- */
-static bool write_splices(NbdClient *c, NbdWorker *w, const NbdRequest *req)
-{
-    NbdExport *exp = c->exp;
-
-    return req->type == NBD_CMD_WRITE && !c->ssl &&
-           exp->detect_zeroes == NBD_DETECT_ZEROES_OFF &&
-           !__atomic_load_n(&exp->no_splice_write, __ATOMIC_RELAXED) &&
-           req->payload_len >= SPLICE_READ_MIN && worker_pipe(w) &&
-           req->payload_len <= w->pipe_cap;
-}
-
-/* The write payload in the pipe, to the node; -errno as blk_pwrite. */
-static int write_from_pipe(NbdClient *c, NbdWorker *w, const NbdRequest *req,
-                           uint32_t flags)
-{
-    size_t len = w->in_pipe;
-    uint8_t *buf;
-    int ret;
-
-    w->in_pipe = 0;
-    ret = blk_splice_write(c->exp->blk, req->offset, len, w->pipe[0],
-                           flags);
-    if (ret != -ENOTSUP) {
-        if (ret < 0) {
-            nbd_worker_close_pipe(w);   /* may hold the rest */
-        }
-        return ret;
-    }
-    __atomic_store_n(&c->exp->no_splice_write, true, __ATOMIC_RELAXED);
-    buf = nbd_worker_buf(w, len);
-    for (size_t got = 0; got < len;) {
-        ssize_t n = buf ? read(w->pipe[0], buf + got, len - got) : -1;
-        if (n <= 0) {
-            nbd_worker_close_pipe(w);
-            return buf ? -EIO : -ENOMEM;
-        }
-        got += (size_t)n;
-    }
-    return blk_pwrite(c->exp->blk, req->offset, len, buf, flags);
-}
-
-static int do_write(NbdClient *c, NbdWorker *w, const NbdRequest *req,
-                    const uint8_t *buf)
+static int do_write(NbdClient *c, const NbdRequest *req, const uint8_t *buf)
 {
     NbdExport *exp = c->exp;
     uint32_t flags = (req->flags & NBD_CMD_FLAG_FUA) ? BLOCK_REQ_FUA : 0;
@@ -686,10 +635,8 @@ static int do_write(NbdClient *c, NbdWorker *w, const NbdRequest *req,
     if (req->len == 0) {
         return send_ok(c, req);
     }
-    if (w->in_pipe) {
-        ret = write_from_pipe(c, w, req, flags);
-    } else if (exp->detect_zeroes != NBD_DETECT_ZEROES_OFF &&
-               buffer_is_zero(buf, req->len)) {
+    if (exp->detect_zeroes != NBD_DETECT_ZEROES_OFF &&
+        buffer_is_zero(buf, req->len)) {
         if (exp->detect_zeroes == NBD_DETECT_ZEROES_UNMAP) {
             flags |= BLOCK_REQ_MAY_UNMAP;
         }
@@ -767,7 +714,7 @@ static void execute(NbdClient *c, NbdWorker *w, const NbdRequest *req,
         do_read(c, w, req);
         break;
     case NBD_CMD_WRITE:
-        do_write(c, w, req, payload);
+        do_write(c, req, payload);
         break;
     case NBD_CMD_FLUSH:
         ret = blk_flush(c->exp->blk);
@@ -825,16 +772,6 @@ static NbdReqVerdict receive(NbdClient *c, NbdWorker *w, NbdRequest *req,
     v = nbd_request_check(&c->tx, req, err, why);
     if (v == NBD_REQ_HANGUP) {
         ferry_debug("nbd client %s: %s", c->peer, *why);
-        return v;
-    }
-    if (req->payload_len && v == NBD_REQ_OK && write_splices(c, w, req)) {
-        ret = nbd_io_read_to_pipe(c, w->pipe[1], req->payload_len);
-        if (ret < 0) {
-            nbd_worker_close_pipe(w);
-            return NBD_REQ_HANGUP;
-        }
-        w->in_pipe = req->payload_len;
-        *payload = NULL;
         return v;
     }
     if (req->payload_len && v != NBD_REQ_DISC) {

@@ -438,36 +438,6 @@ static int file_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
     return 0;
 }
 
-static int file_splice_write(BlockNode *bs, int pipe_rd, int64_t offset,
-                             int64_t bytes, uint32_t flags)
-{
-    FileState *s = bs->opaque;
-    int64_t end = offset + bytes;
-
-    if (bs->open_flags & BLOCK_O_NOCACHE) {
-        return -ENOTSUP;     /* O_DIRECT wants aligned user buffers */
-    }
-    while (bytes > 0) {
-        loff_t off = offset;
-        ssize_t n = splice(pipe_rd, NULL, s->fd, &off, (size_t)bytes,
-                           SPLICE_F_MOVE);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            return n == 0 ? -EIO : -errno;
-        }
-        offset += n;
-        bytes -= n;
-    }
-    note_written(s, end);
-    if ((flags & BLOCK_REQ_FUA) && !(bs->open_flags & BLOCK_O_NO_FLUSH) &&
-        fdatasync(s->fd) < 0) {
-        return -errno;
-    }
-    return 0;
-}
-
 static int64_t stat_length(FileState *s)
 {
     struct stat st;
@@ -816,7 +786,6 @@ const BlockDriver file_driver = {
     .reopen         = file_reopen,
     .read_uncached_if_cold = file_read_uncached_if_cold,
     .host_fd        = file_host_fd,
-    .splice_write   = file_splice_write,
     .set_perm       = file_set_perm,
     .create         = file_create,
     .pread          = file_pread,
