@@ -163,6 +163,18 @@ static int tls_write_all(NbdClient *c, const uint8_t *p, size_t len)
     return 0;
 }
 
+/* After a send that failed with errno: 0 to try again, or -errno. */
+static int send_wait(NbdClient *c)
+{
+    if (errno == EINTR) {
+        return 0;
+    }
+    if (errno != EAGAIN) {
+        return -errno;
+    }
+    return wait_fd(c, POLLOUT);
+}
+
 int nbd_io_writev(NbdClient *c, struct iovec *iov, int iovcnt)
 {
     if (c->ssl) {
@@ -180,14 +192,7 @@ int nbd_io_writev(NbdClient *c, struct iovec *iov, int iovcnt)
         ssize_t n = sendmsg(c->fd, &msg, flags);
 
         if (n < 0) {
-            int ret;
-            if (errno == EINTR) {
-                continue;
-            }
-            if (errno != EAGAIN) {
-                return -errno;
-            }
-            ret = wait_fd(c, POLLOUT);
+            int ret = send_wait(c);
             if (ret < 0) {
                 return ret;
             }
@@ -221,14 +226,7 @@ int nbd_io_splice(NbdClient *c, int pipe_rd, size_t len)
         ssize_t n = splice(pipe_rd, NULL, c->fd, NULL, len,
                            SPLICE_F_MOVE | SPLICE_F_MORE);
         if (n < 0) {
-            int ret;
-            if (errno == EINTR) {
-                continue;
-            }
-            if (errno != EAGAIN) {
-                return -errno;
-            }
-            ret = wait_fd(c, POLLOUT);
+            int ret = send_wait(c);
             if (ret < 0) {
                 return ret;
             }
