@@ -14,6 +14,7 @@
 
 #include "blockdev/backend.h"
 #include "blockdev/bitmap.h"
+#include "common/bytes.h"
 #include "nbd-server/nbd-server.h"
 
 /* -- protocol numbers ----------------------------------------------------- */
@@ -351,42 +352,5 @@ void nbd_tls_close(NbdClient *c);
 /* Data through c->ssl: >0 bytes, 0 at EOF, -errno (-EAGAIN: poll). */
 ssize_t nbd_tls_read(NbdClient *c, void *buf, size_t len, int *want);
 ssize_t nbd_tls_write(NbdClient *c, const void *buf, size_t len, int *want);
-
-/* Byte order helpers for wire structures. */
-static inline void nbd_put16(uint8_t *p, uint16_t v)
-{
-    p[0] = v >> 8;
-    p[1] = v;
-}
-
-static inline void nbd_put32(uint8_t *p, uint32_t v)
-{
-    p[0] = v >> 24;
-    p[1] = v >> 16;
-    p[2] = v >> 8;
-    p[3] = v;
-}
-
-static inline void nbd_put64(uint8_t *p, uint64_t v)
-{
-    nbd_put32(p, v >> 32);
-    nbd_put32(p + 4, (uint32_t)v);
-}
-
-static inline uint16_t nbd_get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static inline uint32_t nbd_get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
-           (uint32_t)p[2] << 8 | p[3];
-}
-
-static inline uint64_t nbd_get64(const uint8_t *p)
-{
-    return (uint64_t)nbd_get32(p) << 32 | nbd_get32(p + 4);
-}
 
 #endif

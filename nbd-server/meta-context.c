@@ -71,12 +71,12 @@ uint32_t nbd_meta_parse(NbdServer *srv, const uint8_t *data, uint32_t len,
     if (len < 8) {
         return NBD_REP_ERR_INVALID;
     }
-    name_len = nbd_get32(data);
+    name_len = ferry_ld_be32(data);
     if (name_len > len - 8 || name_len > NBD_MAX_STRING) {
         return NBD_REP_ERR_INVALID;
     }
     pos = 4 + name_len;
-    nq = nbd_get32(data + pos);
+    nq = ferry_ld_be32(data + pos);
     pos += 4;
     if (nq > NBD_MAX_META_QUERIES) {
         return NBD_REP_ERR_TOO_BIG;
@@ -87,7 +87,7 @@ uint32_t nbd_meta_parse(NbdServer *srv, const uint8_t *data, uint32_t len,
         if (len - p < 4) {
             return NBD_REP_ERR_INVALID;
         }
-        ql = nbd_get32(data + p);
+        ql = ferry_ld_be32(data + p);
         p += 4;
         if (ql > len - p || ql > NBD_MAX_STRING) {
             return NBD_REP_ERR_INVALID;
@@ -111,7 +111,7 @@ uint32_t nbd_meta_parse(NbdServer *srv, const uint8_t *data, uint32_t len,
         match_query(exp, "qemu:", 5, true, &m);
     }
     for (uint32_t i = 0; i < nq; i++) {
-        uint32_t ql = nbd_get32(data + pos);
+        uint32_t ql = ferry_ld_be32(data + pos);
         match_query(exp, (const char *)data + pos + 4, ql, list, &m);
         pos += 4 + ql;
     }
@@ -158,11 +158,11 @@ static void ext_flush_last(Extents *e)
         return;
     }
     if (e->wide) {
-        nbd_put64(e->p + 16 * e->n, e->last_len);
-        nbd_put64(e->p + 16 * e->n + 8, e->last_flags);
+        ferry_st_be64(e->p + 16 * e->n, e->last_len);
+        ferry_st_be64(e->p + 16 * e->n + 8, e->last_flags);
     } else {
-        nbd_put32(e->p + 8 * e->n, (uint32_t)e->last_len);
-        nbd_put32(e->p + 8 * e->n + 4, (uint32_t)e->last_flags);
+        ferry_st_be32(e->p + 8 * e->n, (uint32_t)e->last_len);
+        ferry_st_be32(e->p + 8 * e->n + 4, (uint32_t)e->last_flags);
     }
     e->n++;
     e->last_len = 0;
@@ -260,9 +260,9 @@ static int send_status_chunk(NbdClient *c, const NbdRequest *req,
     size_t len = head + (size_t)e->n * (e->wide ? 16 : 8);
     struct iovec iov = { .iov_base = buf, .iov_len = len };
 
-    nbd_put32(buf, id);
+    ferry_st_be32(buf, id);
     if (e->wide) {
-        nbd_put32(buf + 4, e->n);
+        ferry_st_be32(buf + 4, e->n);
     }
     return nbd_send_chunk(c, req, last ? NBD_REPLY_FLAG_DONE : 0,
                           e->wide ? NBD_REPLY_TYPE_BLOCK_STATUS_EXT
@@ -287,8 +287,8 @@ int nbd_meta_block_status(NbdClient *c, NbdWorker *w, const NbdRequest *req)
     if (!buf) {
         uint8_t e[6];
         struct iovec iov = { .iov_base = e, .iov_len = 6 };
-        nbd_put32(e, NBD_ENOMEM);
-        nbd_put16(e + 4, 0);
+        ferry_st_be32(e, NBD_ENOMEM);
+        ferry_st_be16(e + 4, 0);
         return nbd_send_chunk(c, req, NBD_REPLY_FLAG_DONE,
                               NBD_REPLY_TYPE_ERROR, &iov, 1, 6);
     }
@@ -336,8 +336,8 @@ int nbd_meta_block_status(NbdClient *c, NbdWorker *w, const NbdRequest *req)
             { .iov_base = head, .iov_len = 6 },
             { .iov_base = msg, .iov_len = strlen(msg) },
         };
-        nbd_put32(head, nbd_errno_to_wire(-ret));
-        nbd_put16(head + 4, (uint16_t)strlen(msg));
+        ferry_st_be32(head, nbd_errno_to_wire(-ret));
+        ferry_st_be16(head + 4, (uint16_t)strlen(msg));
         return nbd_send_chunk(c, req, NBD_REPLY_FLAG_DONE,
                               NBD_REPLY_TYPE_ERROR, iov, 2, 6 + strlen(msg));
     }

@@ -57,10 +57,10 @@ static int send_rep(NbdClient *c, uint32_t opt, uint32_t type,
         { .iov_base = (void *)data, .iov_len = len },
     };
 
-    nbd_put64(hdr, NBD_REP_MAGIC);
-    nbd_put32(hdr + 8, opt);
-    nbd_put32(hdr + 12, type);
-    nbd_put32(hdr + 16, len);
+    ferry_st_be64(hdr, NBD_REP_MAGIC);
+    ferry_st_be32(hdr + 8, opt);
+    ferry_st_be32(hdr + 12, type);
+    ferry_st_be32(hdr + 16, len);
     return nbd_io_writev(c, iov, len ? 2 : 1);
 }
 
@@ -90,7 +90,7 @@ static int send_info(NbdClient *c, uint32_t opt, uint16_t info,
 {
     g_autofree uint8_t *buf = g_malloc(2 + len);
 
-    nbd_put16(buf, info);
+    ferry_st_be16(buf, info);
     memcpy(buf + 2, data, len);
     return send_rep(c, opt, NBD_REP_INFO, buf, 2 + len);
 }
@@ -155,18 +155,18 @@ uint32_t nbd_parse_info_request(const uint8_t *data, uint32_t len,
     if (len < 6) {
         return NBD_REP_ERR_INVALID;
     }
-    name_len = nbd_get32(data);
+    name_len = ferry_ld_be32(data);
     if (name_len > len - 6 || name_len > NBD_MAX_STRING) {
         return NBD_REP_ERR_INVALID;
     }
     out->name = (const char *)data + 4;
     out->name_len = name_len;
-    out->nb_infos = nbd_get16(data + 4 + name_len);
+    out->nb_infos = ferry_ld_be16(data + 4 + name_len);
     if ((uint64_t)out->nb_infos * 2 != len - 6 - name_len) {
         return NBD_REP_ERR_INVALID;
     }
     for (uint32_t i = 0; i < out->nb_infos; i++) {
-        switch (nbd_get16(data + 6 + name_len + 2 * i)) {
+        switch (ferry_ld_be16(data + 6 + name_len + 2 * i)) {
         case NBD_INFO_NAME:
             out->want_name = true;
             break;
@@ -203,8 +203,8 @@ static int opt_info_go(NbdClient *c, uint32_t opt, const uint8_t *data,
                         "export '%.*s' not present", (int)req.name_len,
                         req.name);
     }
-    nbd_put64(buf, exp->size);
-    nbd_put16(buf + 8, nbd_tx_flags(c, exp));
+    ferry_st_be64(buf, exp->size);
+    ferry_st_be16(buf + 8, nbd_tx_flags(c, exp));
     ret = send_info(c, opt, NBD_INFO_EXPORT, buf, 10);
     if (ret == 0 && req.want_name) {
         ret = send_info(c, opt, NBD_INFO_NAME, exp->name, strlen(exp->name));
@@ -215,9 +215,9 @@ static int opt_info_go(NbdClient *c, uint32_t opt, const uint8_t *data,
     }
     if (ret == 0) {
         /* Always sent: clients that ignore it still get our limits. */
-        nbd_put32(buf, exp->min_block);
-        nbd_put32(buf + 4, MAX(exp->min_block, NBD_PREFERRED_BLOCK));
-        nbd_put32(buf + 8, NBD_MAX_PAYLOAD);
+        ferry_st_be32(buf, exp->min_block);
+        ferry_st_be32(buf + 4, MAX(exp->min_block, NBD_PREFERRED_BLOCK));
+        ferry_st_be32(buf + 8, NBD_MAX_PAYLOAD);
         ret = send_info(c, opt, NBD_INFO_BLOCK_SIZE, buf, 12);
     }
     if (ret == 0) {
@@ -248,7 +248,7 @@ static int opt_list(NbdClient *c, uint32_t len)
         size_t dlen = exp->description ? strlen(exp->description) : 0;
         GByteArray *b = g_byte_array_sized_new(4 + nlen + dlen);
         uint8_t l[4];
-        nbd_put32(l, (uint32_t)nlen);
+        ferry_st_be32(l, (uint32_t)nlen);
         g_byte_array_append(b, l, 4);
         g_byte_array_append(b, (const uint8_t *)exp->name, nlen);
         g_byte_array_append(b, (const uint8_t *)exp->description, dlen);
@@ -301,7 +301,7 @@ static int opt_meta_context(NbdClient *c, uint32_t opt, const uint8_t *data,
             MetaReply *r = &g_array_index(found, MetaReply, i);
             size_t nlen = strlen(r->name);
             g_autofree uint8_t *buf = g_malloc(4 + nlen);
-            nbd_put32(buf, set ? r->id : 0);
+            ferry_st_be32(buf, set ? r->id : 0);
             memcpy(buf + 4, r->name, nlen);
             ret = send_rep(c, opt, NBD_REP_META_CONTEXT, buf, 4 + nlen);
         }
@@ -360,8 +360,8 @@ static bool opt_export_name(NbdClient *c, const uint8_t *data, uint32_t len)
                     (int)MIN(len, 256), data);
         return false;
     }
-    nbd_put64(buf, exp->size);
-    nbd_put16(buf + 8, nbd_tx_flags(c, exp));
+    ferry_st_be64(buf, exp->size);
+    ferry_st_be16(buf + 8, nbd_tx_flags(c, exp));
     if (nbd_io_writev(c, iov, c->no_zeroes ? 1 : 2) < 0) {
         return false;
     }
@@ -465,9 +465,9 @@ bool nbd_negotiate(NbdClient *c)
     uint32_t flags;
 
     /* 1. GREETING */
-    nbd_put64(greet, NBD_MAGIC);
-    nbd_put64(greet + 8, NBD_OPTS_MAGIC);
-    nbd_put16(greet + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    ferry_st_be64(greet, NBD_MAGIC);
+    ferry_st_be64(greet + 8, NBD_OPTS_MAGIC);
+    ferry_st_be16(greet + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
     if (nbd_io_write(c, greet, sizeof(greet)) < 0) {
         return false;
     }
@@ -475,7 +475,7 @@ bool nbd_negotiate(NbdClient *c)
     if (nbd_io_read(c, cflags, 4) < 0) {
         return false;
     }
-    flags = nbd_get32(cflags);
+    flags = ferry_ld_be32(cflags);
     if (flags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
         ferry_debug("nbd client %s sent unknown client flags 0x%x", c->peer,
                     flags);
@@ -493,12 +493,12 @@ bool nbd_negotiate(NbdClient *c)
         if (nbd_io_read(c, ohdr, sizeof(ohdr)) < 0) {
             return false;
         }
-        if (nbd_get64(ohdr) != NBD_OPTS_MAGIC) {
+        if (ferry_ld_be64(ohdr) != NBD_OPTS_MAGIC) {
             ferry_debug("nbd client %s: bad option magic", c->peer);
             return false;
         }
-        opt = nbd_get32(ohdr + 8);
-        len = nbd_get32(ohdr + 12);
+        opt = ferry_ld_be32(ohdr + 8);
+        len = ferry_ld_be32(ohdr + 12);
         if (len > NBD_MAX_OPTION_BYTES) {
             ferry_debug("nbd client %s: option %u with %u bytes of data is "
                         "too large", c->peer, opt, len);

@@ -59,19 +59,19 @@ uint32_t nbd_errno_to_wire(int err)
 
 bool nbd_request_parse(const uint8_t *hdr, bool extended, NbdRequest *req)
 {
-    uint32_t magic = nbd_get32(hdr);
+    uint32_t magic = ferry_ld_be32(hdr);
 
-    req->flags = nbd_get16(hdr + 4);
-    req->type = nbd_get16(hdr + 6);
-    req->cookie = nbd_get64(hdr + 8);
-    req->offset = nbd_get64(hdr + 16);
+    req->flags = ferry_ld_be16(hdr + 4);
+    req->type = ferry_ld_be16(hdr + 6);
+    req->cookie = ferry_ld_be64(hdr + 8);
+    req->offset = ferry_ld_be64(hdr + 16);
     if (extended) {
-        req->len = nbd_get64(hdr + 24);
+        req->len = ferry_ld_be64(hdr + 24);
         req->payload_len = (req->flags & NBD_CMD_FLAG_PAYLOAD_LEN) ? req->len
                                                                    : 0;
         return magic == NBD_EXTENDED_REQUEST_MAGIC;
     }
-    req->len = nbd_get32(hdr + 24);
+    req->len = ferry_ld_be32(hdr + 24);
     req->payload_len = req->type == NBD_CMD_WRITE ? req->len : 0;
     return magic == NBD_REQUEST_MAGIC;
 }
@@ -176,17 +176,17 @@ NbdReqVerdict nbd_request_check(const NbdTxInfo *tx, const NbdRequest *req,
 static size_t chunk_hdr(NbdClient *c, uint8_t *p, const NbdRequest *req,
                         uint16_t flags, uint16_t type, uint64_t len)
 {
-    nbd_put16(p + 4, flags);
-    nbd_put16(p + 6, type);
-    nbd_put64(p + 8, req->cookie);
+    ferry_st_be16(p + 4, flags);
+    ferry_st_be16(p + 6, type);
+    ferry_st_be64(p + 8, req->cookie);
     if (c->extended) {
-        nbd_put32(p, NBD_EXTENDED_REPLY_MAGIC);
-        nbd_put64(p + 16, req->offset);
-        nbd_put64(p + 24, len);
+        ferry_st_be32(p, NBD_EXTENDED_REPLY_MAGIC);
+        ferry_st_be64(p + 16, req->offset);
+        ferry_st_be64(p + 24, len);
         return 32;
     }
-    nbd_put32(p, NBD_STRUCTURED_REPLY_MAGIC);
-    nbd_put32(p + 16, (uint32_t)len);
+    ferry_st_be32(p, NBD_STRUCTURED_REPLY_MAGIC);
+    ferry_st_be32(p + 16, (uint32_t)len);
     return 20;
 }
 
@@ -342,9 +342,9 @@ static int send_simple(NbdClient *c, const NbdRequest *req, uint32_t err)
     uint8_t hdr[16];
     struct iovec iov = { .iov_base = hdr, .iov_len = sizeof(hdr) };
 
-    nbd_put32(hdr, NBD_SIMPLE_REPLY_MAGIC);
-    nbd_put32(hdr + 4, err);
-    nbd_put64(hdr + 8, req->cookie);
+    ferry_st_be32(hdr, NBD_SIMPLE_REPLY_MAGIC);
+    ferry_st_be32(hdr + 4, err);
+    ferry_st_be64(hdr + 8, req->cookie);
     return send_locked(c, &iov, 1);
 }
 
@@ -376,8 +376,8 @@ static int send_error(NbdClient *c, const NbdRequest *req, uint32_t err,
     if (!c->structured) {
         return send_simple(c, req, err);
     }
-    nbd_put32(head, err);
-    nbd_put16(head + 4, (uint16_t)mlen);
+    ferry_st_be32(head, err);
+    ferry_st_be16(head + 4, (uint16_t)mlen);
     return nbd_send_chunk(c, req, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR,
                           payload, mlen ? 2 : 1, sizeof(head) + mlen);
 }
@@ -418,7 +418,7 @@ static int send_read_data(NbdClient *c, const NbdRequest *req, uint8_t *data,
 
     chunk_hdr(c, h, req, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA,
               len + 8);
-    nbd_put64(h + hlen - 8, req->offset);
+    ferry_st_be64(h + hlen - 8, req->offset);
     iov.iov_base = h;
     iov.iov_len = hlen + len;
     return send_locked(c, &iov, 1);
@@ -477,13 +477,13 @@ static int send_read_sparse(NbdClient *c, const NbdRequest *req,
         size_t hl;
         if (segs[i].hole) {
             hl = chunk_hdr(c, h, req, flags, NBD_REPLY_TYPE_OFFSET_HOLE, 12);
-            nbd_put64(h + hl, req->offset + segs[i].off);
-            nbd_put32(h + hl + 8, (uint32_t)segs[i].len);
+            ferry_st_be64(h + hl, req->offset + segs[i].off);
+            ferry_st_be32(h + hl + 8, (uint32_t)segs[i].len);
             iov[niov++] = (struct iovec){ h, hl + 12 };
         } else {
             hl = chunk_hdr(c, h, req, flags, NBD_REPLY_TYPE_OFFSET_DATA,
                            segs[i].len + 8);
-            nbd_put64(h + hl, req->offset + segs[i].off);
+            ferry_st_be64(h + hl, req->offset + segs[i].off);
             iov[niov++] = (struct iovec){ h, hl + 8 };
             iov[niov++] = (struct iovec){ buf + segs[i].off, segs[i].len };
         }
@@ -569,7 +569,7 @@ static int read_splice(NbdClient *c, NbdWorker *w, const NbdRequest *req)
     }
     iov.iov_len = chunk_hdr(c, h, req, NBD_REPLY_FLAG_DONE,
                             NBD_REPLY_TYPE_OFFSET_DATA, req->len + 8);
-    nbd_put64(h + iov.iov_len, req->offset);
+    ferry_st_be64(h + iov.iov_len, req->offset);
     iov.iov_len += 8;
     g_mutex_lock(&c->send_lock);
     ret = flush_queue_locked(c);
@@ -615,9 +615,9 @@ static int do_read(NbdClient *c, NbdWorker *w, const NbdRequest *req)
     if (!c->structured) {
         uint8_t *h = buf - 16;
         struct iovec iov = { .iov_base = h, .iov_len = 16 + req->len };
-        nbd_put32(h, NBD_SIMPLE_REPLY_MAGIC);
-        nbd_put32(h + 4, 0);
-        nbd_put64(h + 8, req->cookie);
+        ferry_st_be32(h, NBD_SIMPLE_REPLY_MAGIC);
+        ferry_st_be32(h + 4, 0);
+        ferry_st_be64(h + 8, req->cookie);
         return send_locked(c, &iov, 1);
     }
     if (req->flags & NBD_CMD_FLAG_DF) {
@@ -766,7 +766,7 @@ static NbdReqVerdict receive(NbdClient *c, NbdWorker *w, NbdRequest *req,
     }
     if (!nbd_request_parse(hdr, c->extended, req)) {
         ferry_debug("nbd client %s: bad request magic 0x%08x", c->peer,
-                    nbd_get32(hdr));
+                    ferry_ld_be32(hdr));
         return NBD_REQ_HANGUP;
     }
     v = nbd_request_check(&c->tx, req, err, why);

@@ -14,37 +14,12 @@
 #include <string.h>
 
 #include "blockdev/bitmap.h"
+#include "common/bytes.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "qcow2/internal.h"
 
 #define DIR_ENTRY_HEADER 24
-
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return GUINT64_FROM_BE(v);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return GUINT32_FROM_BE(v);
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    v = GUINT64_TO_BE(v);
-    memcpy(p, &v, 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    v = GUINT32_TO_BE(v);
-    memcpy(p, &v, 4);
-}
 
 static void bitmap_entry_free(gpointer p)
 {
@@ -120,10 +95,10 @@ bool qcow2_parse_bitmaps_ext(Qcow2State *s, const uint8_t *data, uint32_t len,
                    "check -r leaks' to reclaim their clusters)", f);
         return true;
     }
-    nb = get32(data);
-    s->bitmap_dir_size = get64(data + 8);
-    s->bitmap_dir_offset = get64(data + 16);
-    if (get32(data + 4)) {
+    nb = ferry_ld_be32(data);
+    s->bitmap_dir_size = ferry_ld_be64(data + 8);
+    s->bitmap_dir_offset = ferry_ld_be64(data + 16);
+    if (ferry_ld_be32(data + 4)) {
         ferry_error_set(errp, FERRY_ERROR_CORRUPT, "qcow2 '%s': the reserved "
                         "field of the bitmaps extension is not zero", f);
         return false;
@@ -169,7 +144,7 @@ static Qcow2Bitmap *parse_dir_entry(Qcow2State *s, const uint8_t *dir,
         return NULL;
     }
     name_len = (uint32_t)e[18] << 8 | e[19];
-    extra = get32(e + 20);
+    extra = ferry_ld_be32(e + 20);
     if (extra > size || DIR_ENTRY_HEADER + (uint64_t)extra + name_len >
                         size - *pos) {
         ferry_error_set(errp, FERRY_ERROR_CORRUPT, "qcow2 '%s': bitmap "
@@ -177,9 +152,9 @@ static Qcow2Bitmap *parse_dir_entry(Qcow2State *s, const uint8_t *dir,
         return NULL;
     }
     b = g_new0(Qcow2Bitmap, 1);
-    b->table_offset = get64(e);
-    b->table_size = get32(e + 8);
-    b->flags = get32(e + 12);
+    b->table_offset = ferry_ld_be64(e);
+    b->table_size = ferry_ld_be32(e + 8);
+    b->flags = ferry_ld_be32(e + 12);
     b->granularity_bits = e[17];
     if (e[16] != QCOW2_BME_TYPE_DIRTY) {
         why = "is not a dirty tracking bitmap";
@@ -400,9 +375,9 @@ static size_t serialize_dir(GPtrArray *dir, uint8_t **out)
     for (guint i = 0; i < dir->len; i++) {
         Qcow2Bitmap *b = dir->pdata[i];
         size_t name_len = strlen(b->name);
-        put64(buf + pos, b->table_offset);
-        put32(buf + pos + 8, b->table_size);
-        put32(buf + pos + 12, b->flags);
+        ferry_st_be64(buf + pos, b->table_offset);
+        ferry_st_be32(buf + pos + 8, b->table_size);
+        ferry_st_be32(buf + pos + 12, b->flags);
         buf[pos + 16] = QCOW2_BME_TYPE_DIRTY;
         buf[pos + 17] = (uint8_t)b->granularity_bits;
         buf[pos + 18] = (uint8_t)(name_len >> 8);
@@ -419,7 +394,7 @@ static int write_autoclear(Qcow2State *s)
     uint8_t b[8];
     int ret;
 
-    put64(b, s->autoclear);
+    ferry_st_be64(b, s->autoclear);
     ret = qcow2_write_header_field(s, QCOW2_HDR_AUTOCLEAR_OFF, b, 8);
     return ret ? ret : qcow2_barrier(s);
 }

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/bytes.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "qcow2/internal.h"
@@ -21,32 +22,23 @@
 
 uint64_t qcow2_l2e_get(Qcow2State *s, const void *l2, uint64_t i)
 {
-    uint64_t v;
-
-    memcpy(&v, (const uint8_t *)l2 + i * s->l2_entry_bytes, 8);
-    return GUINT64_FROM_BE(v);
+    return ferry_ld_be64((const uint8_t *)l2 + i * s->l2_entry_bytes);
 }
 
 uint64_t qcow2_l2e_bitmap(Qcow2State *s, const void *l2, uint64_t i)
 {
-    uint64_t v;
-
     if (!s->extended_l2) {
         return 0;
     }
-    memcpy(&v, (const uint8_t *)l2 + i * 16 + 8, 8);
-    return GUINT64_FROM_BE(v);
+    return ferry_ld_be64((const uint8_t *)l2 + i * 16 + 8);
 }
 
 void qcow2_l2e_set(Qcow2State *s, void *l2, uint64_t i, uint64_t entry,
                    uint64_t bitmap)
 {
-    uint64_t v = GUINT64_TO_BE(entry);
-
-    memcpy((uint8_t *)l2 + i * s->l2_entry_bytes, &v, 8);
+    ferry_st_be64((uint8_t *)l2 + i * s->l2_entry_bytes, entry);
     if (s->extended_l2) {
-        v = GUINT64_TO_BE(bitmap);
-        memcpy((uint8_t *)l2 + i * 16 + 8, &v, 8);
+        ferry_st_be64((uint8_t *)l2 + i * 16 + 8, bitmap);
     }
 }
 
@@ -262,8 +254,8 @@ int qcow2_grow_l1_locked(Qcow2State *s, uint64_t min_size)
         g_free(table);
         return ret;
     }
-    *(uint32_t *)hdr = GUINT32_TO_BE((uint32_t)new_size);
-    *(uint64_t *)(hdr + 4) = GUINT64_TO_BE((uint64_t)off);
+    ferry_st_be32(hdr, (uint32_t)new_size);
+    ferry_st_be64(hdr + 4, (uint64_t)off);    /* unaligned: no casts */
     ret = qcow2_write_header_field(s, QCOW2_HDR_L1_SIZE_OFF, hdr, 12);
     if (ret == 0) {
         ret = qcow2_barrier(s);

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "blockdev/bitmap.h"
+#include "common/bytes.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/opts.h"
@@ -39,32 +40,6 @@ const char *qcow2_fname(Qcow2State *s)
 
 #define fname qcow2_fname
 
-static uint64_t be64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return GUINT64_FROM_BE(v);
-}
-
-static uint32_t be32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return GUINT32_FROM_BE(v);
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    v = GUINT64_TO_BE(v);
-    memcpy(p, &v, 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    v = GUINT32_TO_BE(v);
-    memcpy(p, &v, 4);
-}
-
 /* -- small helpers shared by the other files ----------------------------- */
 
 int qcow2_barrier(Qcow2State *s)
@@ -82,7 +57,7 @@ static int write_incompat(Qcow2State *s)
 {
     uint8_t b[8];
 
-    put64(b, s->incompat);
+    ferry_st_be64(b, s->incompat);
     return qcow2_write_header_field(s, QCOW2_HDR_INCOMPAT_OFF, b, 8);
 }
 
@@ -157,8 +132,8 @@ static size_t add_ext(uint8_t *buf, size_t pos, size_t cap, uint32_t type,
     if (pos + need > cap) {
         return 0;
     }
-    put32(buf + pos, type);
-    put32(buf + pos + 4, len);
+    ferry_st_be32(buf + pos, type);
+    ferry_st_be32(buf + pos + 4, len);
     memcpy(buf + pos + 8, data, len);
     memset(buf + pos + 8 + len, 0, need - 8 - len);
     return pos + need;
@@ -190,23 +165,23 @@ static bool serialize_header(Qcow2State *s, uint8_t *buf, size_t cap,
     size_t blen = s->backing_name ? strlen(s->backing_name) : 0;
 
     memset(buf, 0, cap);
-    put32(buf, QCOW2_MAGIC);
-    put32(buf + 4, s->version);
-    put32(buf + 20, s->cluster_bits);
-    put64(buf + 24, s->size);
-    put32(buf + 32, s->crypt_method);
-    put32(buf + 36, s->l1_size);
-    put64(buf + 40, s->l1_offset);
-    put64(buf + 48, s->reftable_offset);
-    put32(buf + 56, s->reftable_clusters);
-    put32(buf + 60, s->nb_snapshots);
-    put64(buf + 64, s->snapshots_offset);
+    ferry_st_be32(buf, QCOW2_MAGIC);
+    ferry_st_be32(buf + 4, s->version);
+    ferry_st_be32(buf + 20, s->cluster_bits);
+    ferry_st_be64(buf + 24, s->size);
+    ferry_st_be32(buf + 32, s->crypt_method);
+    ferry_st_be32(buf + 36, s->l1_size);
+    ferry_st_be64(buf + 40, s->l1_offset);
+    ferry_st_be64(buf + 48, s->reftable_offset);
+    ferry_st_be32(buf + 56, s->reftable_clusters);
+    ferry_st_be32(buf + 60, s->nb_snapshots);
+    ferry_st_be64(buf + 64, s->snapshots_offset);
     if (s->version >= 3) {
-        put64(buf + 72, s->incompat);
-        put64(buf + 80, s->compat);
-        put64(buf + 88, s->autoclear);
-        put32(buf + 96, s->refcount_order);
-        put32(buf + 100, hlen);
+        ferry_st_be64(buf + 72, s->incompat);
+        ferry_st_be64(buf + 80, s->compat);
+        ferry_st_be64(buf + 88, s->autoclear);
+        ferry_st_be32(buf + 96, s->refcount_order);
+        ferry_st_be32(buf + 100, hlen);
         buf[104] = (uint8_t)s->compression_type;
     }
     if (s->backing_fmt && pos) {
@@ -229,9 +204,9 @@ static bool serialize_header(Qcow2State *s, uint8_t *buf, size_t cap,
     }
     if (s->has_bitmaps_ext && s->nb_bitmaps && pos) {
         uint8_t bx[24] = { 0 };
-        put32(bx, s->nb_bitmaps);
-        put64(bx + 8, s->bitmap_dir_size);
-        put64(bx + 16, s->bitmap_dir_offset);
+        ferry_st_be32(bx, s->nb_bitmaps);
+        ferry_st_be64(bx + 8, s->bitmap_dir_size);
+        ferry_st_be64(bx + 16, s->bitmap_dir_offset);
         pos = add_ext(buf, pos, cap, QCOW2_EXT_BITMAPS, bx, sizeof(bx));
     }
     for (guint i = 0; s->unknown_exts && i < s->unknown_exts->len && pos; i++) {
@@ -244,8 +219,8 @@ static bool serialize_header(Qcow2State *s, uint8_t *buf, size_t cap,
     pos += 8;   /* end of extensions: eight zero bytes */
     if (blen) {
         memcpy(buf + pos, s->backing_name, blen);
-        put64(buf + 8, pos);
-        put32(buf + 16, (uint32_t)blen);
+        ferry_st_be64(buf + 8, pos);
+        ferry_st_be32(buf + 16, (uint32_t)blen);
     }
     return true;
 }
@@ -317,8 +292,8 @@ static bool read_extensions(Qcow2State *s, const uint8_t *buf, size_t len,
                             G_GUINT64_FORMAT " is truncated", fname(s), pos);
             return false;
         }
-        type = be32(buf + pos);
-        elen = be32(buf + pos + 4);
+        type = ferry_ld_be32(buf + pos);
+        elen = ferry_ld_be32(buf + pos + 4);
         pos += 8;
         if (type == QCOW2_EXT_END) {
             return true;
@@ -380,17 +355,17 @@ static bool parse_header(Qcow2State *s, const uint8_t *buf, size_t len,
     uint64_t backing_off, l2_cover;
     uint32_t backing_len;
 
-    if (be32(buf) != QCOW2_MAGIC) {
+    if (ferry_ld_be32(buf) != QCOW2_MAGIC) {
         CORRUPT("qcow2 '%s': not a qcow2 image (bad magic)", f);
         return false;
     }
-    s->version = be32(buf + 4);
+    s->version = ferry_ld_be32(buf + 4);
     if (s->version != 2 && s->version != 3) {
         ferry_error_set(errp, FERRY_ERROR_UNSUPPORTED, "qcow2 '%s': version %u "
                         "is not supported (only 2 and 3)", f, s->version);
         return false;
     }
-    s->cluster_bits = be32(buf + 20);
+    s->cluster_bits = ferry_ld_be32(buf + 20);
     if (s->cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
         s->cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
         CORRUPT("qcow2 '%s': cluster_bits %u is out of range (9 to 21)", f,
@@ -398,22 +373,22 @@ static bool parse_header(Qcow2State *s, const uint8_t *buf, size_t len,
         return false;
     }
     s->cluster_size = 1ull << s->cluster_bits;
-    s->size = be64(buf + 24);
-    s->crypt_method = be32(buf + 32);
-    s->l1_size = be32(buf + 36);
-    s->l1_offset = be64(buf + 40);
-    s->reftable_offset = be64(buf + 48);
-    s->reftable_clusters = be32(buf + 56);
-    s->nb_snapshots = be32(buf + 60);
-    s->snapshots_offset = be64(buf + 64);
-    backing_off = be64(buf + 8);
-    backing_len = be32(buf + 16);
+    s->size = ferry_ld_be64(buf + 24);
+    s->crypt_method = ferry_ld_be32(buf + 32);
+    s->l1_size = ferry_ld_be32(buf + 36);
+    s->l1_offset = ferry_ld_be64(buf + 40);
+    s->reftable_offset = ferry_ld_be64(buf + 48);
+    s->reftable_clusters = ferry_ld_be32(buf + 56);
+    s->nb_snapshots = ferry_ld_be32(buf + 60);
+    s->snapshots_offset = ferry_ld_be64(buf + 64);
+    backing_off = ferry_ld_be64(buf + 8);
+    backing_len = ferry_ld_be32(buf + 16);
     if (s->version >= 3) {
-        s->incompat = be64(buf + 72);
-        s->compat = be64(buf + 80);
-        s->autoclear = be64(buf + 88);
-        s->refcount_order = be32(buf + 96);
-        s->header_length = be32(buf + 100);
+        s->incompat = ferry_ld_be64(buf + 72);
+        s->compat = ferry_ld_be64(buf + 80);
+        s->autoclear = ferry_ld_be64(buf + 88);
+        s->refcount_order = ferry_ld_be32(buf + 96);
+        s->header_length = ferry_ld_be32(buf + 100);
         if (s->header_length < QCOW2_HDR_V3_LEN ||
             s->header_length > s->cluster_size || (s->header_length & 7)) {
             CORRUPT("qcow2 '%s': header length %u is invalid (at least 104, "
@@ -737,7 +712,7 @@ static bool open_rw_fixups(Qcow2State *s, GError **errp)
         uint8_t b[8];
         int ret;
         s->autoclear &= ~clear;
-        put64(b, s->autoclear);
+        ferry_st_be64(b, s->autoclear);
         ret = qcow2_write_header_field(s, QCOW2_HDR_AUTOCLEAR_OFF, b, 8);
         if (ret == 0) {
             ret = qcow2_barrier(s);
@@ -963,7 +938,7 @@ static int write_size(Qcow2State *s, uint64_t size)
     uint8_t b[8];
     int ret;
 
-    put64(b, size);
+    ferry_st_be64(b, size);
     ret = qcow2_write_header_field(s, QCOW2_HDR_SIZE_OFF, b, 8);
     return ret ? ret : qcow2_barrier(s);
 }
@@ -1238,8 +1213,8 @@ static bool qcow2_change_backing_file(BlockNode *bs, const char *backing_file,
 
 static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
 {
-    if (len >= 8 && be32(buf) == QCOW2_MAGIC &&
-        (be32(buf + 4) == 2 || be32(buf + 4) == 3)) {
+    if (len >= 8 && ferry_ld_be32(buf) == QCOW2_MAGIC &&
+        (ferry_ld_be32(buf + 4) == 2 || ferry_ld_be32(buf + 4) == 3)) {
         return 100;
     }
     return 0;

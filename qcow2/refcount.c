@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/bytes.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "qcow2/internal.h"
@@ -32,16 +33,10 @@ uint64_t qcow2_rc_get_entry(const void *block, uint32_t order, uint64_t i)
         return p[i];
     case 4:
         return ((uint64_t)p[2 * i] << 8) | p[2 * i + 1];
-    case 5: {
-        uint32_t v;
-        memcpy(&v, p + 4 * i, 4);
-        return GUINT32_FROM_BE(v);
-    }
-    default: {
-        uint64_t v;
-        memcpy(&v, p + 8 * i, 8);
-        return GUINT64_FROM_BE(v);
-    }
+    case 5:
+        return ferry_ld_be32(p + 4 * i);
+    default:
+        return ferry_ld_be64(p + 8 * i);
     }
 }
 
@@ -66,16 +61,12 @@ void qcow2_rc_set_entry(void *block, uint32_t order, uint64_t i, uint64_t v)
         p[2 * i] = (uint8_t)(v >> 8);
         p[2 * i + 1] = (uint8_t)v;
         break;
-    case 5: {
-        uint32_t be = GUINT32_TO_BE((uint32_t)v);
-        memcpy(p + 4 * i, &be, 4);
+    case 5:
+        ferry_st_be32(p + 4 * i, (uint32_t)v);
         break;
-    }
-    default: {
-        uint64_t be = GUINT64_TO_BE(v);
-        memcpy(p + 8 * i, &be, 8);
+    default:
+        ferry_st_be64(p + 8 * i, v);
         break;
-    }
     }
 }
 
@@ -257,8 +248,8 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries)
     if (ret < 0) {
         goto fail;
     }
-    *(uint64_t *)hdr = GUINT64_TO_BE(t * cs);
-    *(uint32_t *)(hdr + 8) = GUINT32_TO_BE((uint32_t)tclusters);
+    ferry_st_be64(hdr, t * cs);
+    ferry_st_be32(hdr + 8, (uint32_t)tclusters);
     ret = qcow2_write_header_field(s, QCOW2_HDR_REFTABLE_OFF, hdr, 12);
     if (ret == 0) {
         ret = qcow2_barrier(s);
@@ -661,8 +652,8 @@ static bool rebuild(Qcow2State *s, const uint64_t *computed,
         goto io_fail;
     }
     if (order == s->refcount_order) {
-        *(uint64_t *)hdr = GUINT64_TO_BE(t * cs);
-        *(uint32_t *)(hdr + 8) = GUINT32_TO_BE((uint32_t)tclusters);
+        ferry_st_be64(hdr, t * cs);
+        ferry_st_be32(hdr + 8, (uint32_t)tclusters);
         ret = qcow2_write_header_field(s, QCOW2_HDR_REFTABLE_OFF, hdr, 12);
     } else {
         /* Table and width in one write: bytes 48..99 of the header. */

@@ -12,50 +12,12 @@
 #include <string.h>
 
 #include "blockdev/bitmap.h"
+#include "common/bytes.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "qcow2/internal.h"
 
 #define SN_HEADER_BYTES 40
-
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return GUINT64_FROM_BE(v);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return GUINT32_FROM_BE(v);
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return GUINT16_FROM_BE(v);
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    v = GUINT64_TO_BE(v);
-    memcpy(p, &v, 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    v = GUINT32_TO_BE(v);
-    memcpy(p, &v, 4);
-}
-
-static void put16(uint8_t *p, uint16_t v)
-{
-    v = GUINT16_TO_BE(v);
-    memcpy(p, &v, 2);
-}
 
 static void snapshot_clear(Qcow2Snapshot *sn)
 {
@@ -149,15 +111,15 @@ static bool parse_entry(Qcow2State *s, TableReader *r, uint64_t *pos,
         goto io_fail;
     }
     h = r->buf + p;
-    sn->l1_offset = get64(h);
-    sn->l1_size = get32(h + 8);
-    id_len = get16(h + 12);
-    name_len = get16(h + 14);
-    sn->date_sec = get32(h + 16);
-    sn->date_nsec = get32(h + 20);
-    sn->vm_clock_nsec = get64(h + 24);
-    sn->vm_state_size = get32(h + 32);
-    sn->extra_size = get32(h + 36);
+    sn->l1_offset = ferry_ld_be64(h);
+    sn->l1_size = ferry_ld_be32(h + 8);
+    id_len = ferry_ld_be16(h + 12);
+    name_len = ferry_ld_be16(h + 14);
+    sn->date_sec = ferry_ld_be32(h + 16);
+    sn->date_nsec = ferry_ld_be32(h + 20);
+    sn->vm_clock_nsec = ferry_ld_be64(h + 24);
+    sn->vm_state_size = ferry_ld_be32(h + 32);
+    sn->extra_size = ferry_ld_be32(h + 36);
     if (sn->extra_size > QCOW2_MAX_SNAPSHOT_EXTRA) {
         ferry_error_set(errp, FERRY_ERROR_CORRUPT, "qcow2 '%s': snapshot table "
                         "entry %u has %u bytes of extra data (at most %u)", f,
@@ -174,13 +136,13 @@ static bool parse_entry(Qcow2State *s, TableReader *r, uint64_t *pos,
     sn->disk_size = s->size;
     sn->icount = UINT64_MAX;
     if (known >= 8) {
-        sn->vm_state_size = get64(h);
+        sn->vm_state_size = ferry_ld_be64(h);
     }
     if (known >= 16) {
-        sn->disk_size = get64(h + 8);
+        sn->disk_size = ferry_ld_be64(h + 8);
     }
     if (known >= 24) {
-        sn->icount = get64(h + 16);
+        sn->icount = ferry_ld_be64(h + 16);
     }
     if (sn->extra_size > QCOW2_SNAPSHOT_EXTRA_KNOWN) {
         sn->unknown_extra = g_memdup2(h + QCOW2_SNAPSHOT_EXTRA_KNOWN,
@@ -280,20 +242,21 @@ static void serialize_entry(const Qcow2Snapshot *sn, uint8_t *p)
     uint32_t extra = MAX(sn->extra_size, (uint32_t)QCOW2_SNAPSHOT_EXTRA_KNOWN);
     size_t id_len = strlen(sn->id), name_len = strlen(sn->name);
 
-    put64(p, sn->l1_offset);
-    put32(p + 8, sn->l1_size);
-    put16(p + 12, (uint16_t)id_len);
-    put16(p + 14, (uint16_t)name_len);
-    put32(p + 16, sn->date_sec);
-    put32(p + 20, sn->date_nsec);
-    put64(p + 24, sn->vm_clock_nsec);
+    ferry_st_be64(p, sn->l1_offset);
+    ferry_st_be32(p + 8, sn->l1_size);
+    ferry_st_be16(p + 12, (uint16_t)id_len);
+    ferry_st_be16(p + 14, (uint16_t)name_len);
+    ferry_st_be32(p + 16, sn->date_sec);
+    ferry_st_be32(p + 20, sn->date_nsec);
+    ferry_st_be64(p + 24, sn->vm_clock_nsec);
     /* Spec: a VM state too large for 32 bits leaves the old field 0. */
-    put32(p + 32, sn->vm_state_size <= UINT32_MAX ? sn->vm_state_size : 0);
-    put32(p + 36, extra);
+    ferry_st_be32(p + 32, sn->vm_state_size <= UINT32_MAX
+                              ? (uint32_t)sn->vm_state_size : 0);
+    ferry_st_be32(p + 36, extra);
     p += SN_HEADER_BYTES;
-    put64(p, sn->vm_state_size);
-    put64(p + 8, sn->disk_size);
-    put64(p + 16, sn->icount);
+    ferry_st_be64(p, sn->vm_state_size);
+    ferry_st_be64(p + 8, sn->disk_size);
+    ferry_st_be64(p + 16, sn->icount);
     if (extra > QCOW2_SNAPSHOT_EXTRA_KNOWN) {
         memcpy(p + QCOW2_SNAPSHOT_EXTRA_KNOWN, sn->unknown_extra,
                extra - QCOW2_SNAPSHOT_EXTRA_KNOWN);
@@ -353,8 +316,8 @@ static int write_table(Qcow2State *s, Qcow2Snapshot *sns, uint32_t nb)
             return ret;
         }
     }
-    put32(hdr, nb);
-    put64(hdr + 4, (uint64_t)off);
+    ferry_st_be32(hdr, nb);
+    ferry_st_be64(hdr + 4, (uint64_t)off);
     ret = qcow2_write_header_field(s, 60, hdr, sizeof(hdr));
     if (ret == 0) {
         ret = qcow2_barrier(s);

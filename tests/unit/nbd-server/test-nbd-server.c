@@ -26,15 +26,15 @@ static char *tmpdir;
 static void put_req(uint8_t *h, uint32_t magic, uint16_t flags, uint16_t type,
                     uint64_t cookie, uint64_t off, uint64_t len, bool ext)
 {
-    nbd_put32(h, magic);
-    nbd_put16(h + 4, flags);
-    nbd_put16(h + 6, type);
-    nbd_put64(h + 8, cookie);
-    nbd_put64(h + 16, off);
+    ferry_st_be32(h, magic);
+    ferry_st_be16(h + 4, flags);
+    ferry_st_be16(h + 6, type);
+    ferry_st_be64(h + 8, cookie);
+    ferry_st_be64(h + 16, off);
     if (ext) {
-        nbd_put64(h + 24, len);
+        ferry_st_be64(h + 24, len);
     } else {
-        nbd_put32(h + 24, (uint32_t)len);
+        ferry_st_be32(h + 24, (uint32_t)len);
     }
 }
 
@@ -125,11 +125,11 @@ static void test_info_request(void)
     uint8_t d[64];
     NbdInfoRequest r;
 
-    nbd_put32(d, 3);
+    ferry_st_be32(d, 3);
     memcpy(d + 4, "abc", 3);
-    nbd_put16(d + 7, 2);
-    nbd_put16(d + 9, NBD_INFO_BLOCK_SIZE);
-    nbd_put16(d + 11, 999);
+    ferry_st_be16(d + 7, 2);
+    ferry_st_be16(d + 9, NBD_INFO_BLOCK_SIZE);
+    ferry_st_be16(d + 11, 999);
     g_assert_cmpuint(nbd_parse_info_request(d, 13, &r), ==, 0);
     g_assert_cmpuint(r.name_len, ==, 3);
     g_assert_true(r.want_block_size);
@@ -137,7 +137,7 @@ static void test_info_request(void)
     /* a count that does not match the length, a name past the end */
     g_assert_cmpuint(nbd_parse_info_request(d, 12, &r), ==,
                      NBD_REP_ERR_INVALID);
-    nbd_put32(d, 100);
+    ferry_st_be32(d, 100);
     g_assert_cmpuint(nbd_parse_info_request(d, 13, &r), ==,
                      NBD_REP_ERR_INVALID);
     g_assert_cmpuint(nbd_parse_info_request(d, 2, &r), ==,
@@ -193,16 +193,16 @@ static uint32_t meta_query(NbdServer *srv, const char *exp, bool set,
     uint32_t ret;
     unsigned count = 0;
 
-    nbd_put32(n, strlen(exp));
+    ferry_st_be32(n, strlen(exp));
     g_byte_array_append(b, n, 4);
     g_byte_array_append(b, (const uint8_t *)exp, strlen(exp));
     for (const char *const *p = q; *p; p++) {
         count++;
     }
-    nbd_put32(n, count);
+    ferry_st_be32(n, count);
     g_byte_array_append(b, n, 4);
     for (const char *const *p = q; *p; p++) {
-        nbd_put32(n, strlen(*p));
+        ferry_st_be32(n, strlen(*p));
         g_byte_array_append(b, n, 4);
         g_byte_array_append(b, (const uint8_t *)*p, strlen(*p));
     }
@@ -284,33 +284,33 @@ static void test_session_over_socketpair(void)
     t = g_thread_new("serve", serve_thread, args);
 
     read_full(sv[1], buf, 18);
-    g_assert_cmpuint(nbd_get64(buf), ==, NBD_MAGIC);
-    g_assert_cmpuint(nbd_get16(buf + 16), ==,
+    g_assert_cmpuint(ferry_ld_be64(buf), ==, NBD_MAGIC);
+    g_assert_cmpuint(ferry_ld_be16(buf + 16), ==,
                      NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-    nbd_put32(buf, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+    ferry_st_be32(buf, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
     write_full(sv[1], buf, 4);
 
     /* NBD_OPT_GO "disk", no info requests */
-    nbd_put64(buf, NBD_OPTS_MAGIC);
-    nbd_put32(buf + 8, NBD_OPT_GO);
-    nbd_put32(buf + 12, 10);
-    nbd_put32(buf + 16, 4);
+    ferry_st_be64(buf, NBD_OPTS_MAGIC);
+    ferry_st_be32(buf + 8, NBD_OPT_GO);
+    ferry_st_be32(buf + 12, 10);
+    ferry_st_be32(buf + 16, 4);
     memcpy(buf + 20, "disk", 4);
-    nbd_put16(buf + 24, 0);
+    ferry_st_be16(buf + 24, 0);
     write_full(sv[1], buf, 26);
     for (;;) {
         uint32_t type, rlen;
         read_full(sv[1], buf, 20);
-        type = nbd_get32(buf + 12);
-        rlen = nbd_get32(buf + 16);
+        type = ferry_ld_be32(buf + 12);
+        rlen = ferry_ld_be32(buf + 16);
         g_assert_cmpuint(rlen, <=, sizeof(buf));
         read_full(sv[1], buf, rlen);
         if (type == NBD_REP_ACK) {
             break;
         }
         g_assert_cmpuint(type, ==, NBD_REP_INFO);
-        if (nbd_get16(buf) == NBD_INFO_EXPORT) {
-            g_assert_cmpuint(nbd_get64(buf + 2), ==, 1 << 20);
+        if (ferry_ld_be16(buf) == NBD_INFO_EXPORT) {
+            g_assert_cmpuint(ferry_ld_be64(buf + 2), ==, 1 << 20);
         }
     }
 
@@ -321,14 +321,14 @@ static void test_session_over_socketpair(void)
     write_full(sv[1], buf, 28);
     write_full(sv[1], data, sizeof(data));
     read_full(sv[1], buf, 16);
-    g_assert_cmpuint(nbd_get32(buf), ==, NBD_SIMPLE_REPLY_MAGIC);
-    g_assert_cmpuint(nbd_get32(buf + 4), ==, 0);
-    g_assert_cmpuint(nbd_get64(buf + 8), ==, 1);
+    g_assert_cmpuint(ferry_ld_be32(buf), ==, NBD_SIMPLE_REPLY_MAGIC);
+    g_assert_cmpuint(ferry_ld_be32(buf + 4), ==, 0);
+    g_assert_cmpuint(ferry_ld_be64(buf + 8), ==, 1);
 
     put_req(buf, NBD_REQUEST_MAGIC, 0, NBD_CMD_READ, 2, 8192 - 16, 32, false);
     write_full(sv[1], buf, 28);
     read_full(sv[1], buf, 16 + 32);
-    g_assert_cmpuint(nbd_get32(buf + 4), ==, 0);
+    g_assert_cmpuint(ferry_ld_be32(buf + 4), ==, 0);
     g_assert_cmpuint(buf[16], ==, 0);
     g_assert_cmpuint(buf[16 + 16], ==, 0x5c);
 
