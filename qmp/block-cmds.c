@@ -15,6 +15,7 @@
 #include "common/error.h"
 #include "common/opts.h"
 #include "qmp/commands.h"
+#include "qmp/image-info.h"
 #include "qmp/internal.h"
 
 static GHashTable *monitor_nodes;  /* node-name -> BlockNode* (a reference) */
@@ -122,70 +123,44 @@ json_t *qmp_bitmaps_info(BlockNode *bs)
     return list;
 }
 
-json_t *qmp_image_info(BlockNode *bs, bool flat)
+/* ImageInfo down the backing chain ("backing-image"), unless flat. */
+static json_t *image_info(BlockNode *bs, bool flat, GError **errp)
 {
-    json_t *info = json_object();
-    int64_t size = block_node_getlength(bs);
-    int64_t actual = block_node_allocated_size(bs);
-    BlockImageInfo di = { 0 };
+    json_t *info = qmp_image_info(bs, bs->filename ? bs->filename : "", errp);
     BlockNode *backing = block_node_backing(bs);
-    GError *err = NULL;
 
-    json_object_set_new(info, "virtual-size", json_integer(MAX(size, 0)));
-    json_object_set_new(info, "filename",
-                        json_string(bs->filename ? bs->filename : ""));
-    if (bs->drv->get_info && bs->drv->get_info(bs, &di, &err) &&
-        di.cluster_size > 0) {
-        json_object_set_new(info, "cluster-size", json_integer(di.cluster_size));
-    }
-    g_clear_error(&err);
-    json_object_set_new(info, "format", json_string(block_node_format(bs)));
-    if (actual >= 0) {
-        json_object_set_new(info, "actual-size", json_integer(actual));
-    }
-    if (di.encrypted) {
-        json_object_set_new(info, "encrypted", json_true());
-    }
-    if (bs->backing_file) {
-        g_autofree char *full = block_backing_path(bs->filename,
-                                                   bs->backing_file);
-        json_object_set_new(info, "backing-filename",
-                            json_string(bs->backing_file));
-        json_object_set_new(info, "full-backing-filename",
-                            json_string(backing && backing->filename
-                                        ? backing->filename : full));
-        if (bs->backing_format) {
-            json_object_set_new(info, "backing-filename-format",
-                                json_string(bs->backing_format));
+    if (info && !flat && backing) {
+        json_t *b = image_info(backing, false, errp);
+        if (!b) {
+            json_decref(info);
+            return NULL;
         }
-    }
-    if (di.format_specific) {
-        json_object_set_new(info, "format-specific", di.format_specific);
-    }
-    json_object_set_new(info, "dirty-flag", json_boolean(di.dirty_flag));
-    if (!flat && backing) {
-        json_object_set_new(info, "backing-image",
-                            qmp_image_info(backing, false));
+        json_object_set_new(info, "backing-image", b);
     }
     return info;
 }
 
 /* BlockDeviceInfo, with QEMU 7.2's members (throttling is always off). */
-static json_t *node_info(BlockNode *bs, bool flat)
+static json_t *node_info(BlockNode *bs, bool flat, GError **errp)
 {
-    json_t *o = json_object();
+    json_t *image = image_info(bs, flat, errp);
+    json_t *o, *bitmaps;
     BlockNode *backing = block_node_backing(bs);
-    json_t *bitmaps = qmp_bitmaps_info(bs);
     static const char *const zero_fields[] = {
         "iops_rd", "iops_wr", "iops", "bps_wr", "bps", "bps_rd",
         "write_threshold",
     };
 
+    if (!image) {
+        return NULL;
+    }
+    o = json_object();
+    bitmaps = qmp_bitmaps_info(bs);
     for (size_t i = 0; i < G_N_ELEMENTS(zero_fields); i++) {
         json_object_set_new(o, zero_fields[i], json_integer(0));
     }
     json_object_set_new(o, "detect_zeroes", json_string("off"));
-    json_object_set_new(o, "image", qmp_image_info(bs, flat));
+    json_object_set_new(o, "image", image);
     json_object_set_new(o, "ro", json_boolean(!(bs->open_flags & BLOCK_O_RDWR)));
     json_object_set_new(o, "node-name", json_string(bs->node_name));
     json_object_set_new(o, "backing_file_depth",
@@ -212,7 +187,12 @@ static json_t *cmd_query_named_block_nodes(json_t *args, GError **errp)
     json_t *list = json_array();
 
     for (guint i = 0; i < nodes->len; i++) {
-        json_array_append_new(list, node_info(nodes->pdata[i], flat));
+        json_t *info = list ? node_info(nodes->pdata[i], flat, errp) : NULL;
+        if (info) {
+            json_array_append_new(list, info);
+        } else if (list) {
+            json_decref(g_steal_pointer(&list));   /* QEMU fails it too */
+        }
         block_node_unref(nodes->pdata[i]);
     }
     return list;
@@ -234,8 +214,14 @@ static json_t *cmd_query_block(json_t *args, GError **errp)
                               "qdev", d->qdev, "type", "unknown",
                               "removable", 0, "locked", 0,
                               "io-status", "ok");
-        if (bs) {
-            json_object_set_new(o, "inserted", node_info(bs, false));
+        json_t *inserted = bs ? node_info(bs, false, errp) : NULL;
+        if (bs && !inserted) {
+            json_decref(o);
+            json_decref(list);
+            return NULL;
+        }
+        if (inserted) {
+            json_object_set_new(o, "inserted", inserted);
         }
         json_array_append_new(list, o);
     }

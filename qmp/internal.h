@@ -18,7 +18,5 @@ BlockNode *qmp_lookup_node(const char *name);
 BlockNode *qmp_find_node(const char *name, GError **errp);
 /* BlockDirtyInfo list of a node, or NULL if it has no bitmaps. */
 json_t *qmp_bitmaps_info(BlockNode *bs);
-/* ImageInfo of a node (and its backing chain unless flat). */
-json_t *qmp_image_info(BlockNode *bs, bool flat);
 
 #endif

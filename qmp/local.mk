@@ -2,6 +2,7 @@
 libferry_a_SOURCES += \
 	qmp/qmp.h qmp/commands.h qmp/internal.h \
 	qmp/stream.c \
+	qmp/image-info.c qmp/image-info.h \
 	qmp/dispatch.c \
 	qmp/events.c \
 	qmp/server.c \

@@ -8,10 +8,8 @@
 #include <jansson.h>
 
 #include "blockdev/driver.h"
+#include "qmp/image-info.h"     /* qmp_image_info(), qmp_snapshot_info() */
 
-/* The ImageInfo object qemu-img info --output=json prints for one node. */
-json_t *img_image_info(BlockNode *bs, const char *display_name, GError **errp);
-json_t *img_snapshot_to_json(const BlockSnapshotInfo *sn);
 /* The "ID TAG VM SIZE DATE VM CLOCK ICOUNT" table. */
 void img_print_snapshot_table(GString *out, json_t *snapshots);
 

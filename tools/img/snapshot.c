@@ -64,7 +64,7 @@ static int list_snapshots(BlockNode *bs)
         return img_fail(err);
     }
     for (int i = 0; i < n; i++) {
-        json_array_append_new(arr, img_snapshot_to_json(&list[i]));
+        json_array_append_new(arr, qmp_snapshot_info(&list[i]));
         block_snapshot_info_clear(&list[i]);
     }
     g_free(list);

@@ -96,3 +96,22 @@ def test_backing_chain_nodes_have_qsd_shape(both, tmp_path):
         assert "backing-image" not in flat["image"]
         got.append((shape(full), shape(flat)))
     assert got[0] == got[1]
+
+
+def test_image_info_lists_internal_snapshots(any_daemon, tmp_path):
+    """ImageInfo under "image" is qemu-img info's: internal snapshots
+    included, as QEMU's query-named-block-nodes shows them."""
+    q = any_daemon.qmp
+    img = qcow2(tmp_path / "s.qcow2", 8 * MiB)
+    sh("qemu-img", "snapshot", "-c", "before", img)
+    sh("qemu-img", "snapshot", "-c", "after", img)
+    add_qcow2(q, "s", img)
+    info = json.loads(sh("qemu-img", "info", "-U", "--output=json", img))
+    image = nodes(q)["s"]["image"]
+    assert [s["name"] for s in image["snapshots"]] == ["before", "after"]
+    for ours, theirs in zip(image["snapshots"], info["snapshots"]):
+        assert ours["id"] == theirs["id"]
+        assert ours["vm-state-size"] == theirs["vm-state-size"]
+        assert ours["date-sec"] == theirs["date-sec"]
+    assert "snapshots" not in nodes(q, flat=True)[
+        [k for k, v in nodes(q).items() if v["drv"] == "file"][0]]["image"]
