@@ -24,5 +24,16 @@ step qemu-io -c "read -P 0x11 1M 64k" -c "read -P 0 2M 1M" -c "read -P 0xab 3M 1
 step "$FERRY" img commit "$work/top.qcow2"
 step "$FERRY" img check "$work/base.qcow2"
 step qemu-img compare "$work/top.qcow2" "$work/base.qcow2"
+
+# Move the disk: serve it over NBD, copy it from the export into a new qcow2.
+"$FERRY" nbd -r -t -x disk -k "$work/nbd.sock" "$work/base.qcow2" &
+nbd_pid=$!
+trap 'kill $nbd_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 100); do [ -S "$work/nbd.sock" ] && break; sleep 0.05; done
+uri="nbd+unix:///disk?socket=$work/nbd.sock"
+step nbdinfo "$uri"
+step "$FERRY" img convert -p -O qcow2 "$uri" "$work/moved.qcow2"
+step qemu-img compare "$work/base.qcow2" "$work/moved.qcow2"
+kill $nbd_pid
 echo
-echo "demo finished: ferry made, filled, committed and checked qcow2 images that qemu-img and qemu-io accept"
+echo "demo finished: ferry made, filled, committed and checked qcow2 images that qemu-img and qemu-io accept, and moved one over NBD"
