@@ -222,14 +222,15 @@ int blk_pread(BlockBackend *blk, int64_t offset, int64_t bytes, void *buf,
 }
 
 int blk_splice_read(BlockBackend *blk, int64_t offset, int64_t bytes,
-                    int pipe_wr)
+                    int pipe_wr, const void *prefix, size_t prefix_len)
 {
     int ret;
 
     blk_enter(blk);
     ret = check_range(blk, offset, bytes, 0);
     if (ret == 0) {
-        ret = block_node_splice_read(blk->root, offset, bytes, pipe_wr);
+        ret = block_node_splice_read(blk->root, offset, bytes, pipe_wr,
+                                     prefix, prefix_len);
     }
     blk_exit(blk);
     return ret;

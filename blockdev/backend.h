@@ -42,7 +42,7 @@ int blk_pread(BlockBackend *blk, int64_t offset, int64_t bytes, void *buf,
               uint32_t flags);
 /* block_node_splice_read() through the backend's checks. */
 int blk_splice_read(BlockBackend *blk, int64_t offset, int64_t bytes,
-                    int pipe_wr);
+                    int pipe_wr, const void *prefix, size_t prefix_len);
 int blk_pwrite(BlockBackend *blk, int64_t offset, int64_t bytes,
                const void *buf, uint32_t flags);
 int blk_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t bytes,

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "blockdev/bitmap.h"
 #include "blockdev/block.h"
@@ -1287,7 +1288,8 @@ int block_node_pread(BlockNode *bs, int64_t offset, int64_t bytes, void *buf,
 }
 
 int block_node_splice_read(BlockNode *bs, int64_t offset, int64_t bytes,
-                           int pipe_wr)
+                           int pipe_wr, const void *prefix,
+                           size_t prefix_len)
 {
     int64_t pnum = 0, map = 0;
     BlockNode *file = NULL, *n;
@@ -1318,6 +1320,19 @@ int block_node_splice_read(BlockNode *bs, int64_t offset, int64_t bytes,
     }
     req_enter(file);
     ret = 0;
+    while (prefix_len > 0) {
+        ssize_t done = write(pipe_wr, prefix, prefix_len);
+        if (done < 0 && errno == EINTR) {
+            continue;
+        }
+        if (done <= 0) {
+            ret = done == 0 ? -EIO : -errno;
+            bytes = 0;
+            break;
+        }
+        prefix = (const char *)prefix + done;
+        prefix_len -= (size_t)done;
+    }
     while (bytes > 0) {
         loff_t off = map;
         ssize_t done = splice(fd, &off, pipe_wr, NULL, (size_t)bytes,

@@ -255,13 +255,17 @@ int block_node_read_uncached_if_cold(BlockNode *bs);
  * Zero-copy read: move [offset, offset+bytes) of bs into the pipe pipe_wr
  * as page references (splice), without copying the data.  Only where the
  * range is plain data at a fixed place in a host file (raw over file:
- * BLOCK_CAP_STABLE_MAP all the way down); bytes must fit in the pipe, which
- * should be empty.  Returns 0 with every byte in the pipe; -ENOTSUP where
- * the layout does not allow it (nothing was moved: use pread); other
- * -errno with possibly some bytes in the pipe, which the caller discards.
+ * BLOCK_CAP_STABLE_MAP all the way down); prefix_len bytes of prefix (a
+ * protocol header, say) go into the pipe first, copied, once the range is
+ * known to qualify, so the caller can send header and data with one
+ * splice.  Prefix and bytes must fit in the pipe, which should be empty.
+ * Returns 0 with every byte in the pipe; -ENOTSUP where the layout does
+ * not allow it (nothing was moved: use pread); other -errno with possibly
+ * some bytes in the pipe, which the caller discards.
  */
 int block_node_splice_read(BlockNode *bs, int64_t offset, int64_t bytes,
-                           int pipe_wr);
+                           int pipe_wr, const void *prefix,
+                           size_t prefix_len);
 
 /* -- data path: 0 or -errno ----------------------------------------------- */
 

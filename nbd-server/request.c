@@ -506,6 +506,9 @@ static int send_read_sparse(NbdClient *c, const NbdRequest *req,
  */
 #define SPLICE_READ_MIN   (64 * 1024)
 #define SPLICE_PIPE_BYTES (1024 * 1024)
+/* Pipe room a read needs beyond its data: the header's page, and one
+ * more page when the data does not start on a page boundary. */
+#define SPLICE_HDR_SLOT   (2 * 4096)
 
 static void worker_pipe_close(NbdWorker *w)
 {
@@ -530,8 +533,13 @@ static bool worker_pipe(NbdWorker *w)
         w->pipe[0] = w->pipe[1] = -1;
         return false;
     }
-    /* 1 MiB is the unprivileged limit (fs.pipe-max-size) by default. */
-    fcntl(w->pipe[1], F_SETPIPE_SZ, SPLICE_PIPE_BYTES);
+    /*
+     * 1 MiB is the unprivileged limit (fs.pipe-max-size) by default; with
+     * CAP_SYS_RESOURCE twice that, so 1 MiB reads (QEMU's) splice too.
+     */
+    if (fcntl(w->pipe[1], F_SETPIPE_SZ, 2 * SPLICE_PIPE_BYTES) < 0) {
+        fcntl(w->pipe[1], F_SETPIPE_SZ, SPLICE_PIPE_BYTES);
+    }
     sz = fcntl(w->pipe[1], F_GETPIPE_SZ);
     if (sz < SPLICE_READ_MIN) {
         worker_pipe_close(w);
@@ -548,18 +556,28 @@ void nbd_worker_close_pipe(NbdWorker *w)
     w->pipe_cap = 0;
 }
 
-/* 1 if the read is not for splicing (use pread), else the send's result. */
+/*
+ * 1 if the read is not for splicing (use pread), else the send's result.
+ * The reply's header goes into the pipe ahead of the data, so header and
+ * data leave in one splice: the client wakes once for the whole reply.
+ */
 static int read_splice(NbdClient *c, NbdWorker *w, const NbdRequest *req)
 {
     uint8_t h[40];
-    struct iovec iov = { .iov_base = h };
+    size_t hlen;
     int ret;
 
-    if (c->ssl || !c->structured || req->len < SPLICE_READ_MIN || !worker_pipe(w) ||
-        req->len > w->pipe_cap) {
+    /* The header takes a pipe buffer (a page) of its own. */
+    if (c->ssl || !c->structured || req->len < SPLICE_READ_MIN ||
+        !worker_pipe(w) || req->len + SPLICE_HDR_SLOT > w->pipe_cap) {
         return 1;
     }
-    ret = blk_splice_read(c->exp->blk, req->offset, req->len, w->pipe[1]);
+    hlen = chunk_hdr(c, h, req, NBD_REPLY_FLAG_DONE,
+                     NBD_REPLY_TYPE_OFFSET_DATA, req->len + 8);
+    ferry_st_be64(h + hlen, req->offset);
+    hlen += 8;
+    ret = blk_splice_read(c->exp->blk, req->offset, req->len, w->pipe[1],
+                          h, hlen);
     if (ret < 0) {
         if (ret != -ENOTSUP) {
             /* part of it may sit in the pipe: start over with a new one */
@@ -567,17 +585,11 @@ static int read_splice(NbdClient *c, NbdWorker *w, const NbdRequest *req)
         }
         return 1;
     }
-    iov.iov_len = chunk_hdr(c, h, req, NBD_REPLY_FLAG_DONE,
-                            NBD_REPLY_TYPE_OFFSET_DATA, req->len + 8);
-    ferry_st_be64(h + iov.iov_len, req->offset);
-    iov.iov_len += 8;
     g_mutex_lock(&c->send_lock);
     ret = flush_queue_locked(c);
     if (ret == 0) {
-        ret = HANGUP(c) ? -EPIPE : nbd_io_writev(c, &iov, 1);
-    }
-    if (ret == 0) {
-        ret = nbd_io_splice(c, w->pipe[0], req->len);
+        ret = HANGUP(c) ? -EPIPE : nbd_io_splice(c, w->pipe[0],
+                                                 hlen + req->len);
     }
     if (ret < 0) {
         send_failed(c, ret);
