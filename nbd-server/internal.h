@@ -135,6 +135,7 @@
 #define NBD_MAX_META_QUERIES        128
 #define NBD_DEFAULT_WORKERS         16
 #define NBD_SLOW_REQUEST_NS         30000  /* slower: run more in parallel */
+#define NBD_SMALL_REQUEST           (64 * 1024)  /* one thread serves these */
 #define NBD_BUF_HEADROOM            4096  /* room for a reply header */
 #define NBD_BUF_KEEP                (8u << 20)   /* worker buffers kept */
 #define NBD_RECV_BUF                (64 * 1024)
@@ -266,6 +267,7 @@ struct NbdClient {
     int nb_busy;                  /* atomic: executing a request */
     int max_workers;
     int64_t exec_ns;              /* atomic: moving average per request */
+    int64_t avg_len;              /* atomic: moving average of lengths */
     bool dead;                    /* atomic: stop receiving, drain out */
     bool hangup;                  /* atomic: hard disconnect, no replies */
 };

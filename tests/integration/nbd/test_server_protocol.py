@@ -4,6 +4,7 @@ error each bad request earns.  Driven with nbdproto (the NBD spec's bytes),
 with nbdinfo as a second judge where it can see the same thing."""
 import json
 import struct
+import time
 
 import pytest
 
@@ -384,3 +385,59 @@ def test_large_writes_land_and_mark_bitmaps(tmp_path, sparse):
                          (6 * MiB, 320 * 1024), (7 * MiB, 320 * 1024)]
         c.disconnect()
     assert open(sparse, "rb").read() == bytes(expect)
+
+
+def threads_of(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int([line for line in f if line.startswith("Threads:")][0]
+                   .split()[1])
+
+
+def settled_threads(pid, want, timeout=10):
+    deadline = time.time() + timeout
+    now = threads_of(pid)
+    while now != want and time.time() < deadline:
+        time.sleep(0.02)
+        now = threads_of(pid)
+    return now
+
+
+def test_one_thread_serves_small_requests_and_a_flush_starts_another(
+        tmp_path):
+    """docs/nbd.md, "Threads": small page-cache reads and writes are served
+    by the connection's one thread; a request that may block (a flush)
+    first starts a second, so the socket keeps a receiver."""
+    img = tmp_path / "t.raw"
+    with open(img, "wb") as f:
+        f.write(bytes(8 * MiB))
+    with ferry_nbd(tmp_path, img, "-e", "0") as srv:
+        pid = srv.proc.pid
+        warm = P.Client(srv.sock)
+        warm.connect_export()
+        warm.disconnect()
+        base = settled_threads(pid, -1, timeout=0.3)
+        c = P.Client(srv.sock)
+        c.connect_export()
+        data = bytes(range(256)) * 16
+        for burst in range(20):
+            cookies = [c.request(P.CMD_WRITE, (burst * 16 + i) * 4096, 4096,
+                                 payload=data) for i in range(8)]
+            cookies += [c.request(P.CMD_READ, i * 4096, 4096)
+                        for i in range(8)]
+            pending = set(cookies)
+            while pending:
+                r = c.read_reply()
+                if isinstance(r, tuple):        # a write's simple reply
+                    assert r[2] == 0
+                    pending.discard(r[1])
+                else:
+                    assert not r.type & 0x8000, r
+                    if r.done:
+                        pending.discard(r.cookie)
+        assert settled_threads(pid, base + 1) == base + 1
+        assert c.simple(P.CMD_FLUSH) == 0
+        assert settled_threads(pid, base + 2) == base + 2
+        got, _ = c.pread(0, 4096)
+        assert got == data
+        c.disconnect()
+        assert settled_threads(pid, base) == base
