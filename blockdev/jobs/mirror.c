@@ -17,6 +17,16 @@
  *  3. From the final pass to prepare/abort, the source's users are held
  *     (quiesced): nothing writes the source between the last copy and the
  *     pivot.
+ *
+ * Write-behind: the target is flushed before ready anyway, and a flush of
+ * everything copied so far costs as long as the disk takes to write it
+ * (0.75 s of a 1.6 s mirror of 1 GiB to a qemu-nbd qcow2 target).  So
+ * every MIRROR_FLUSH_BEHIND bytes copied, one flush of the target starts
+ * beside the copies (never two at once): the disk writes while the job
+ * copies, and the flush at ready finds little left.  A failed flush may
+ * have lost any write since the last good one (the kernel reports a
+ * writeback error once), so it re-marks the whole image dirty and goes to
+ * the error policy as a target error.
  */
 #include "config.h"
 
@@ -30,6 +40,7 @@
 #define MIRROR_MAX_CHUNK_BYTES   (1 << 20)
 #define MIRROR_DEFAULT_BUF_BYTES (16 << 20)
 #define MIRROR_WORKERS           8
+#define MIRROR_FLUSH_BEHIND      (INT64_C(32) << 20)
 
 typedef struct MirrorOp MirrorOp;
 
@@ -48,6 +59,8 @@ typedef struct MirrorJob {
     GCond cond;
     GList *inflight;             /* MirrorOp* */
     int64_t inflight_bytes;
+    int64_t unflushed;           /* bytes copied since the last flush began */
+    bool flushing;               /* a write-behind flush is running */
     int op_error;                /* first error of a finished op, or 0 */
     bool op_error_read;
     GPtrArray *held;             /* users quiesced for the pivot (inv. 3) */
@@ -57,13 +70,26 @@ struct MirrorOp {
     MirrorJob *m;
     int64_t off;
     int64_t len;
+    bool flush;                  /* a write-behind flush, not a copy */
 };
 
 static void op_done(MirrorJob *m, MirrorOp *op, int ret, bool failed_read)
 {
+    MirrorOp *flush = NULL;
+
     g_mutex_lock(&m->lock);
     m->inflight = g_list_remove(m->inflight, op);
     m->inflight_bytes -= op->len;
+    if (ret == 0) {
+        m->unflushed += op->len;
+        if (m->unflushed >= MIRROR_FLUSH_BEHIND && !m->flushing) {
+            m->unflushed = 0;
+            m->flushing = true;
+            flush = g_new0(MirrorOp, 1);
+            flush->m = m;
+            flush->flush = true;
+        }
+    }
     if (ret < 0) {
         block_dirty_bitmap_set(m->dirty, op->off, op->len);
         if (!m->op_error) {
@@ -76,6 +102,30 @@ static void op_done(MirrorJob *m, MirrorOp *op, int ret, bool failed_read)
     if (ret == 0) {
         block_job_progress_add(&m->job, op->len);
     }
+    g_free(op);
+    if (flush) {
+        g_thread_pool_push(m->pool, flush, NULL);
+    }
+}
+
+static void flush_behind(MirrorJob *m, MirrorOp *op)
+{
+    int ret = block_node_flush(m->target.bs);
+
+    g_mutex_lock(&m->lock);
+    m->flushing = false;
+    if (ret < 0) {
+        int64_t len = block_node_getlength(m->source.bs);
+        if (len > 0) {
+            block_dirty_bitmap_set(m->dirty, 0, len);
+        }
+        if (!m->op_error) {
+            m->op_error = ret;
+            m->op_error_read = false;
+        }
+    }
+    g_cond_broadcast(&m->cond);
+    g_mutex_unlock(&m->lock);
     g_free(op);
 }
 
@@ -92,9 +142,16 @@ static void worker(gpointer data, gpointer user_data)
 {
     MirrorOp *op = data;
     MirrorJob *m = op->m;
-    void *buf = g_try_malloc(op->len);
+    void *buf;
     bool failed_read = false;
-    int ret = buf ? copy(m, op->off, op->len, buf, &failed_read) : -ENOMEM;
+    int ret;
+
+    if (op->flush) {
+        flush_behind(m, op);
+        return;
+    }
+    buf = g_try_malloc(op->len);
+    ret = buf ? copy(m, op->off, op->len, buf, &failed_read) : -ENOMEM;
 
     g_free(buf);
     op_done(m, op, ret, failed_read);
@@ -113,7 +170,7 @@ static bool overlaps_inflight_locked(MirrorJob *m, int64_t off, int64_t len)
 
 static void wait_all_locked(MirrorJob *m)
 {
-    while (m->inflight) {
+    while (m->inflight || m->flushing) {
         g_cond_wait(&m->cond, &m->lock);
     }
 }

@@ -345,6 +345,89 @@ static void test_verbs_follow_the_state_table(void)
     block_node_unref(target);
 }
 
+/*
+ * Write-behind: a mirror flushes its target every so often while it
+ * copies (blockdev/jobs/mirror.c), and a failed flush of that kind stops
+ * the job like a failed write.  The target is a null-co node whose flush
+ * the test counts (and fails once, in the second case).
+ */
+#define WB_BYTES (96 << 20)
+
+static int wb_flushes;
+static int wb_fail_at;           /* fail the flush with this number (1-based) */
+
+static int counting_flush(BlockNode *bs)
+{
+    int n = g_atomic_int_add(&wb_flushes, 1) + 1;
+
+    (void)bs;
+    return n == wb_fail_at ? -EIO : 0;
+}
+
+static BlockJob *mirror_to_counting_target(BlockNode **src_out,
+                                           BlockNode **dst_out,
+                                           BlockDriver *fake)
+{
+    g_autofree char *path = g_build_filename(tmpdir, "wb-src.raw", NULL);
+    g_autofree uint8_t *data = g_malloc(WB_BYTES);
+    g_autoptr(json_t) extra = json_pack("{s:I}", "size", (json_int_t)WB_BYTES);
+    BlockJobCommon c = common("mirror-wb");
+    GError *err = NULL;
+    BlockJob *job;
+
+    memset(data, 0x5a, WB_BYTES);
+    g_assert_true(g_file_set_contents(path, (char *)data, WB_BYTES, &err));
+    *src_out = block_node_open(path, "raw", NULL, BLOCK_O_RDWR, 0,
+                               BLOCK_PERM_ALL, &err);
+    g_assert_no_error(err);
+    *dst_out = block_node_open("null-co://", "null-co", extra, BLOCK_O_RDWR,
+                               0, BLOCK_PERM_ALL, &err);
+    g_assert_no_error(err);
+    *fake = *(*dst_out)->drv;
+    fake->flush = counting_flush;
+    (*dst_out)->drv = fake;
+    g_atomic_int_set(&wb_flushes, 0);
+    job = block_mirror_start(&c, *src_out, *dst_out, BLOCK_SYNC_FULL, 0, 0,
+                             &err);
+    g_assert_no_error(err);
+    return job;
+}
+
+static void test_mirror_flushes_behind_its_copies(void)
+{
+    BlockDriver fake;
+    BlockNode *src, *dst;
+    BlockJob *job;
+    GError *err = NULL;
+
+    wb_fail_at = 0;
+    job = mirror_to_counting_target(&src, &dst, &fake);
+    wait_ready(job);
+    /* 96 MiB copied: flushes behind the copies, then the one at ready */
+    g_assert_cmpint(g_atomic_int_get(&wb_flushes), >=, 3);
+    g_assert_true(block_job_user_cancel(job, false, &err));
+    g_assert_no_error(err);
+    finish(job);
+    block_node_unref(dst);
+    block_node_unref(src);
+}
+
+static void test_mirror_failed_flush_behind_stops_the_job(void)
+{
+    BlockDriver fake;
+    BlockNode *src, *dst;
+    BlockJob *job;
+
+    wb_fail_at = 1;          /* the first flush is a write-behind one */
+    job = mirror_to_counting_target(&src, &dst, &fake);
+    block_job_wait_concluded(job);
+    /* it failed mid-copy, not at the flush that ends the copy */
+    g_assert_cmpint(job->progress_current, <, WB_BYTES);
+    g_assert_cmpint(finish(job), ==, -EIO);
+    block_node_unref(dst);
+    block_node_unref(src);
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -361,6 +444,10 @@ int main(int argc, char **argv)
                     test_active_commit_under_writes_pivots_to_base);
     g_test_add_func("/blockdev/job/verbs-follow-the-state-table",
                     test_verbs_follow_the_state_table);
+    g_test_add_func("/blockdev/job/mirror-flushes-behind-its-copies",
+                    test_mirror_flushes_behind_its_copies);
+    g_test_add_func("/blockdev/job/mirror-failed-flush-behind-stops-the-job",
+                    test_mirror_failed_flush_behind_stops_the_job);
     ret = g_test_run();
     {
         g_autoptr(GDir) d = g_dir_open(tmpdir, 0, NULL);
