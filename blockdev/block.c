@@ -1359,6 +1359,7 @@ int block_node_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
 {
     int ret = check_request(bs, offset, bytes, true);
     int64_t start = offset, total = bytes;
+    const void *data = buf;
     BlockWriteHook *hook;
     void *token = NULL;
 
@@ -1387,6 +1388,9 @@ int block_node_pwrite(BlockNode *bs, int64_t offset, int64_t bytes,
     }
     if (ret == 0 && (flags & BLOCK_REQ_FUA) && !(bs->drv->caps & BLOCK_CAP_FUA)) {
         ret = block_node_flush(bs);
+    }
+    if (hook && hook->written) {
+        hook->written(hook, token, data, ret);
     }
     if (hook) {
         hook->end(hook, token);

@@ -105,6 +105,13 @@ typedef struct BlockWriteHook BlockWriteHook;
 struct BlockWriteHook {
     int (*begin)(BlockWriteHook *h, BlockNode *bs, int64_t offset,
                  int64_t bytes, void **token);
+    /*
+     * Optional: a pwrite's data, after the driver wrote it (ret: its
+     * result) and dirty bitmaps were marked, before end.  Not called for
+     * zeroes or discard.  Mirror's write-blocking mode copies it here.
+     */
+    void (*written)(BlockWriteHook *h, void *token, const void *buf,
+                    int ret);
     void (*end)(BlockWriteHook *h, void *token);
 };
 

@@ -50,11 +50,15 @@ bool block_parse_sync_mode(const char *s, BlockSyncMode *out, GError **errp);
 bool block_parse_bitmap_sync_mode(const char *s, BlockBitmapSyncMode *out,
                                   GError **errp);
 
-/* Mirror source to target (sync full/top/none), then pivot on complete. */
+/*
+ * Mirror source to target (sync full/top/none), then pivot on complete.
+ * write_blocking: copy-mode=write-blocking, each write to source reaches
+ * target before it completes.
+ */
 BlockJob *block_mirror_start(const BlockJobCommon *c, BlockNode *source,
                              BlockNode *target, BlockSyncMode sync,
                              uint32_t granularity, int64_t buf_size,
-                             GError **errp);
+                             bool write_blocking, GError **errp);
 
 /* Point-in-time copy of source into target. bitmap: a bitmap of source. */
 BlockJob *block_backup_start(const BlockJobCommon *c, BlockNode *source,

@@ -162,18 +162,20 @@ static json_t *cmd_block_commit(json_t *args, GError **errp)
                               errp) ? json_object() : NULL;
 }
 
-static bool mirror_checks(json_t *args, BlockSyncMode *sync, GError **errp)
+static bool mirror_checks(json_t *args, BlockSyncMode *sync,
+                          bool *write_blocking, GError **errp)
 {
     const char *cm = qmp_arg_str(args, "copy-mode");
 
     if (!block_parse_sync_mode(qmp_arg_str(args, "sync"), sync, errp)) {
         return false;
     }
-    if (cm && strcmp(cm, "background")) {
+    if (cm && strcmp(cm, "background") && strcmp(cm, "write-blocking")) {
         g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
-                    "copy-mode '%s' is not supported by ferry yet", cm);
+                    "Parameter 'copy-mode' does not accept value '%s'", cm);
         return false;
     }
+    *write_blocking = cm && !strcmp(cm, "write-blocking");
     if (qmp_arg_has(args, "replaces")) {
         g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
                     "'replaces' is not supported by ferry yet");
@@ -188,9 +190,10 @@ static json_t *cmd_blockdev_mirror(json_t *args, GError **errp)
     BlockNode *src = qmp_find_node(device, errp), *dst;
     BlockSyncMode sync;
     BlockJobCommon c;
+    bool wb;
 
     if (!src || !parse_common(args, device, &c, errp) ||
-        !mirror_checks(args, &sync, errp)) {
+        !mirror_checks(args, &sync, &wb, errp)) {
         return NULL;
     }
     dst = qmp_find_node(qmp_arg_str(args, "target"), errp);
@@ -199,7 +202,7 @@ static json_t *cmd_blockdev_mirror(json_t *args, GError **errp)
     }
     return block_mirror_start(&c, src, dst, sync,
                               (uint32_t)qmp_arg_int(args, "granularity", 0),
-                              qmp_arg_int(args, "buf-size", 0), errp)
+                              qmp_arg_int(args, "buf-size", 0), wb, errp)
            ? json_object() : NULL;
 }
 
@@ -253,9 +256,10 @@ static json_t *cmd_drive_mirror(json_t *args, GError **errp)
     BlockSyncMode sync;
     BlockJobCommon c;
     BlockJob *job;
+    bool wb;
 
     if (!src || !parse_common(args, device, &c, errp) ||
-        !mirror_checks(args, &sync, errp)) {
+        !mirror_checks(args, &sync, &wb, errp)) {
         return NULL;
     }
     backing = sync == BLOCK_SYNC_NONE ? src
@@ -266,7 +270,7 @@ static json_t *cmd_drive_mirror(json_t *args, GError **errp)
     }
     job = block_mirror_start(&c, src, dst, sync,
                              (uint32_t)qmp_arg_int(args, "granularity", 0),
-                             qmp_arg_int(args, "buf-size", 0), errp);
+                             qmp_arg_int(args, "buf-size", 0), wb, errp);
     block_node_unref(dst);
     return job ? json_object() : NULL;
 }

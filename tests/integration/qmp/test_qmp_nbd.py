@@ -180,7 +180,8 @@ def export_writable(q, tmp_path, node):
 
 
 @pytest.mark.parametrize("job", ["stream", "commit-active", "mirror",
-                                 "drive-mirror", "backup"])
+                                 "mirror-write-blocking", "drive-mirror",
+                                 "backup"])
 def test_job_while_writer_writes_through_nbd(any_daemon, tmp_path, job):
     need("qemu-io")
     q = any_daemon.qmp
@@ -198,11 +199,12 @@ def test_job_while_writer_writes_through_nbd(any_daemon, tmp_path, job):
         q.cmd("block-stream", device="top", job_id="j", speed=8 * MiB)
     elif job == "commit-active":
         q.cmd("block-commit", device="top", job_id="j")
-    elif job == "mirror":
+    elif job in ("mirror", "mirror-write-blocking"):
         tgt = qcow2(tmp_path / "tgt.qcow2", SIZE)
         add_qcow2(q, "tgt", tgt)
+        extra = {"copy_mode": "write-blocking"} if job != "mirror" else {}
         q.cmd("blockdev-mirror", device="top", target="tgt", sync="full",
-              job_id="j")
+              job_id="j", **extra)
     elif job == "drive-mirror":
         tgt = str(tmp_path / "dm.qcow2")
         q.cmd("drive-mirror", device="top", target=tgt, format="qcow2",
@@ -214,7 +216,8 @@ def test_job_while_writer_writes_through_nbd(any_daemon, tmp_path, job):
             at_start = bytes(expect)
             q.cmd("blockdev-backup", device="top", target="tgt", sync="full",
                   job_id="j", speed=8 * MiB)
-    if job in ("commit-active", "mirror", "drive-mirror"):
+    if job in ("commit-active", "mirror", "mirror-write-blocking",
+               "drive-mirror"):
         q.get_event("BLOCK_JOB_READY", match={"device": "j"}, timeout=120)
         time.sleep(0.3)                 # writes while ready, then pivot
         q.cmd("job-complete", id="j")
@@ -230,7 +233,7 @@ def test_job_while_writer_writes_through_nbd(any_daemon, tmp_path, job):
     elif job == "commit-active":
         compare(base, want)
         check(base)
-    elif job in ("mirror", "drive-mirror"):
+    elif job in ("mirror", "mirror-write-blocking", "drive-mirror"):
         compare(tgt, want)
         check(tgt)
     else:

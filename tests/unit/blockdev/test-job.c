@@ -187,7 +187,7 @@ static void test_mirror_converges_under_writes_and_pivots(void)
     g_assert_no_error(err);
     writers_start(w);
     job = block_mirror_start(&c, blk_node(w->blk), target, BLOCK_SYNC_FULL,
-                             0, 0, &err);
+                             0, 0, false, &err);
     g_assert_no_error(err);
     wait_ready(job);
     g_usleep(100 * 1000);        /* keep writing while ready */
@@ -388,7 +388,7 @@ static BlockJob *mirror_to_counting_target(BlockNode **src_out,
     (*dst_out)->drv = fake;
     g_atomic_int_set(&wb_flushes, 0);
     job = block_mirror_start(&c, *src_out, *dst_out, BLOCK_SYNC_FULL, 0, 0,
-                             &err);
+                             false, &err);
     g_assert_no_error(err);
     return job;
 }
@@ -428,6 +428,112 @@ static void test_mirror_failed_flush_behind_stops_the_job(void)
     block_node_unref(src);
 }
 
+/*
+ * copy-mode=write-blocking: with the job paused after ready (no
+ * background copying), a write through the source's users is on the
+ * target when it completes; in background mode the target stays stale
+ * until the job runs again.  Then complete: everything matches.
+ */
+static void mirror_paused_write(bool write_blocking)
+{
+    g_autofree char *src = make_qcow2("wb-a-src.qcow2", NULL);
+    g_autofree char *dst = make_qcow2("wb-a-dst.qcow2", NULL);
+    BlockJobCommon c = common("mirror-active");
+    g_autofree uint8_t *shadow = g_malloc0(NB_BLOCKS);
+    g_autofree uint8_t *buf = g_malloc(32 * BLOCK_BYTES);
+    g_autofree uint8_t *got = g_malloc(32 * BLOCK_BYTES);
+    GError *err = NULL;
+    BlockBackend *blk;
+    BlockNode *target;
+    BlockJob *job;
+
+    blk = blk_open(src, "qcow2", NULL, BLOCK_O_RDWR, &err);
+    g_assert_no_error(err);
+    fill_initial(blk, shadow);
+    target = block_node_open(dst, "qcow2", NULL, BLOCK_O_RDWR, 0,
+                             BLOCK_PERM_ALL, &err);
+    g_assert_no_error(err);
+    job = block_mirror_start(&c, blk_node(blk), target, BLOCK_SYNC_FULL, 0, 0,
+                             write_blocking, &err);
+    g_assert_no_error(err);
+    wait_ready(job);
+    g_assert_true(block_job_user_pause(job, &err));
+    while (job->status != JOB_STATUS_STANDBY) {
+        g_usleep(1000);
+    }
+    /* 128 KiB at 1 MiB: two whole 64 KiB granules */
+    memset(buf, 0xc3, 32 * BLOCK_BYTES);
+    g_assert_cmpint(blk_pwrite(blk, 1 << 20, 32 * BLOCK_BYTES, buf, 0), ==, 0);
+    memset(&shadow[(1 << 20) / BLOCK_BYTES], 0xc3, 32);
+    /* and 4 KiB inside a granule, which stays dirty too in either mode */
+    memset(buf, 0x3c, BLOCK_BYTES);
+    g_assert_cmpint(blk_pwrite(blk, 3 << 20, BLOCK_BYTES, buf, 0), ==, 0);
+    shadow[(3 << 20) / BLOCK_BYTES] = 0x3c;
+    g_assert_cmpint(block_node_pread(target, 1 << 20, 32 * BLOCK_BYTES, got,
+                                     0), ==, 0);
+    memset(buf, 0xc3, 32 * BLOCK_BYTES);
+    if (write_blocking) {
+        g_assert_true(memcmp(got, buf, 32 * BLOCK_BYTES) == 0);
+        g_assert_cmpint(block_node_pread(target, 3 << 20, BLOCK_BYTES, got,
+                                         0), ==, 0);
+        g_assert_cmpint(got[0], ==, 0x3c);
+    } else {
+        g_assert_false(memcmp(got, buf, 32 * BLOCK_BYTES) == 0);
+    }
+    g_assert_true(block_job_user_resume(job, &err));
+    g_assert_no_error(err);
+    g_assert_true(block_job_user_complete(job, &err));
+    g_assert_no_error(err);
+    g_assert_cmpint(finish(job), ==, 0);
+    assert_content(target, shadow);
+    blk_unref(blk);
+    block_node_unref(target);
+}
+
+static void test_mirror_write_blocking_writes_through(void)
+{
+    mirror_paused_write(true);
+}
+
+static void test_mirror_background_leaves_target_to_the_job(void)
+{
+    mirror_paused_write(false);
+}
+
+static void test_mirror_write_blocking_converges_under_writes(void)
+{
+    g_autofree char *src = make_qcow2("wbc-src.qcow2", NULL);
+    g_autofree char *dst = make_qcow2("wbc-dst.qcow2", NULL);
+    Writers *w = g_new0(Writers, 1);
+    BlockJobCommon c = common("mirror-wbc");
+    GError *err = NULL;
+    BlockNode *target;
+    BlockJob *job;
+
+    w->blk = blk_open(src, "qcow2", NULL, BLOCK_O_RDWR, &err);
+    g_assert_no_error(err);
+    fill_initial(w->blk, w->shadow);
+    target = block_node_open(dst, "qcow2", NULL, BLOCK_O_RDWR, 0,
+                             BLOCK_PERM_ALL, &err);
+    g_assert_no_error(err);
+    writers_start(w);
+    job = block_mirror_start(&c, blk_node(w->blk), target, BLOCK_SYNC_FULL,
+                             0, 0, true, &err);
+    g_assert_no_error(err);
+    wait_ready(job);
+    g_usleep(100 * 1000);
+    g_assert_true(block_job_user_complete(job, &err));
+    g_assert_cmpint(finish(job), ==, 0);
+    g_usleep(50 * 1000);
+    writers_stop(w);
+    g_assert_true(blk_node(w->blk) == target);
+    g_assert_cmpint(w->writes, >, 50);
+    assert_content(target, w->shadow);
+    blk_unref(w->blk);
+    block_node_unref(target);
+    g_free(w);
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -448,6 +554,12 @@ int main(int argc, char **argv)
                     test_mirror_flushes_behind_its_copies);
     g_test_add_func("/blockdev/job/mirror-failed-flush-behind-stops-the-job",
                     test_mirror_failed_flush_behind_stops_the_job);
+    g_test_add_func("/blockdev/job/mirror-write-blocking-writes-through",
+                    test_mirror_write_blocking_writes_through);
+    g_test_add_func("/blockdev/job/mirror-background-leaves-target-to-the-job",
+                    test_mirror_background_leaves_target_to_the_job);
+    g_test_add_func("/blockdev/job/mirror-write-blocking-converges-under-writes",
+                    test_mirror_write_blocking_converges_under_writes);
     ret = g_test_run();
     {
         g_autoptr(GDir) d = g_dir_open(tmpdir, 0, NULL);
