@@ -450,6 +450,11 @@ static bool mirror_prepare(BlockJob *job, GError **errp)
     BlockNode *src = m->source.bs, *dst = m->target.bs;
     bool soft_cancel, ok = true;
 
+    if (m->hooked) {
+        /* before the target leaves the job: the hook writes to it */
+        block_node_set_write_hook(src, NULL);
+        m->hooked = false;
+    }
     block_job_lock();
     soft_cancel = job->cancelled && !job->force_cancel;
     block_job_unlock();
