@@ -324,6 +324,196 @@ static json_t *cmd_block_resize(json_t *args, GError **errp)
     return ok ? json_object() : NULL;
 }
 
+/*
+ * External snapshots (QEMU's external_snapshot_prepare): the overlay gets
+ * node as its backing child, then every user of node (backends, exports,
+ * a VM's disk, other parents) moves to the overlay, with their requests
+ * held meanwhile, so no write lands on node after the switch.  The
+ * overlay's image header is not rewritten: blockdev-snapshot expects it
+ * made with the right backing name (as libvirt does), and
+ * blockdev-snapshot-sync creates it so.
+ */
+static bool snapshot_install(BlockNode *bs, BlockNode *overlay, GError **errp)
+{
+    GPtrArray *held;
+    bool ok;
+
+    if (overlay == bs) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "The overlay and the node are the same");
+        return false;
+    }
+    if (!(overlay->drv->caps & BLOCK_CAP_BACKING)) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "The overlay does not support backing images");
+        return false;
+    }
+    if (overlay->backing) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "The overlay already has a backing image");
+        return false;
+    }
+    if (overlay->users->len) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "The overlay is already in use");
+        return false;
+    }
+    if (!(overlay->open_flags & BLOCK_O_RDWR)) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "The overlay '%s' is read-only", overlay->node_name);
+        return false;
+    }
+    /*
+     * Users first, then the backing edge: while a user of bs still writes
+     * it, the edge (a reader that shares no writes) cannot attach.  Their
+     * requests are held meanwhile, so none sees the overlay without it.
+     */
+    held = block_node_quiesce_users(bs, NULL);
+    ok = block_node_replace(bs, overlay, NULL, errp);
+    if (ok && !block_node_set_backing(overlay, bs, errp)) {
+        block_node_replace(overlay, bs, NULL, NULL);
+        ok = false;
+    }
+    block_users_unquiesce(held);
+    return ok;
+}
+
+static bool snapshot_plain(json_t *args, BlockNode **below,
+                           BlockNode **top, GError **errp)
+{
+    const char *node = qmp_arg_str(args, "node");
+    const char *over = qmp_arg_str(args, "overlay");
+    BlockNode *bs, *overlay;
+
+    if (!node || !over) {
+        /* a transaction's action data skips the command's argument check */
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Parameter '%s' is missing", node ? "overlay" : "node");
+        return false;
+    }
+    bs = qmp_find_node(node, errp);
+    if (!bs) {
+        return false;
+    }
+    overlay = qmp_find_node(over, errp);
+    if (!overlay || !snapshot_install(bs, overlay, errp)) {
+        return false;
+    }
+    *below = bs;
+    *top = overlay;
+    block_node_ref(bs);
+    block_node_ref(overlay);
+    return true;
+}
+
+static bool snapshot_sync(json_t *args, BlockNode **below, BlockNode **top,
+                          GError **errp)
+{
+    const char *device = qmp_arg_str(args, "device");
+    const char *node = qmp_arg_str(args, "node-name");
+    const char *file = qmp_arg_str(args, "snapshot-file");
+    const char *new_name = qmp_arg_str(args, "snapshot-node-name");
+    const char *fmt = qmp_arg_str(args, "format");
+    const char *mode = qmp_arg_str(args, "mode");
+    g_autoptr(json_t) extra = json_object();
+    BlockNode *bs, *overlay;
+
+    if (!device && !node) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Cannot find device='' nor node-name=''");
+        return false;
+    }
+    if (!file) {
+        /* a transaction's action data skips the command's argument check */
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Parameter 'snapshot-file' is missing");
+        return false;
+    }
+    bs = qmp_find_node(device ? device : node, errp);
+    if (!bs) {
+        return false;
+    }
+    if (!fmt) {
+        fmt = "qcow2";
+    }
+    if (mode && strcmp(mode, "existing") && strcmp(mode, "absolute-paths")) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Parameter 'mode' does not accept value '%s'", mode);
+        return false;
+    }
+    if (new_name && block_node_find(new_name)) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Node name '%s' is already in use", new_name);
+        return false;
+    }
+    if (!mode || !strcmp(mode, "absolute-paths")) {
+        g_autoptr(json_t) opts = json_object();
+        json_object_set_new(opts, "size",
+                            json_integer(MAX(block_node_getlength(bs), 0)));
+        if (bs->filename) {
+            json_object_set_new(opts, "backing_file",
+                                json_string(bs->filename));
+            json_object_set_new(opts, "backing_fmt",
+                                json_string(block_node_format(bs)));
+        }
+        if (!block_create(fmt, file, opts, errp)) {
+            return false;
+        }
+    }
+    /* the backing child is bs itself, attached below, not a second open */
+    json_object_set_new(extra, "backing", json_null());
+    if (new_name) {
+        json_object_set_new(extra, "node-name", json_string(new_name));
+    }
+    overlay = block_node_open(file, fmt, extra, BLOCK_O_RDWR, 0,
+                              BLOCK_PERM_ALL, errp);
+    if (!overlay) {
+        return false;
+    }
+    if (!snapshot_install(bs, overlay, errp)) {
+        block_node_unref(overlay);      /* closes it */
+        return false;
+    }
+    *below = bs;
+    *top = overlay;                     /* our reference, now the caller's */
+    block_node_ref(bs);
+    return true;
+}
+
+bool qmp_external_snapshot(const char *type, json_t *args, BlockNode **below,
+                           BlockNode **top, GError **errp)
+{
+    return strcmp(type, "blockdev-snapshot-sync")
+           ? snapshot_plain(args, below, top, errp)
+           : snapshot_sync(args, below, top, errp);
+}
+
+static json_t *cmd_blockdev_snapshot(json_t *args, GError **errp)
+{
+    BlockNode *below, *top;
+
+    if (!qmp_external_snapshot("blockdev-snapshot", args, &below, &top,
+                               errp)) {
+        return NULL;
+    }
+    block_node_unref(below);
+    block_node_unref(top);
+    return json_object();
+}
+
+static json_t *cmd_blockdev_snapshot_sync(json_t *args, GError **errp)
+{
+    BlockNode *below, *top;
+
+    if (!qmp_external_snapshot("blockdev-snapshot-sync", args, &below, &top,
+                               errp)) {
+        return NULL;
+    }
+    block_node_unref(below);
+    block_node_unref(top);
+    return json_object();
+}
+
 void qmp_register_block_commands(void)
 {
     static const QmpCommand cmds[] = {
@@ -333,6 +523,10 @@ void qmp_register_block_commands(void)
         { "query-block", "", cmd_query_block },
         { "block_resize", "device:str? node-name:str? size:int",
           cmd_block_resize },
+        { "blockdev-snapshot", "node:str overlay:str", cmd_blockdev_snapshot },
+        { "blockdev-snapshot-sync", "device:str? node-name:str? "
+          "snapshot-file:str snapshot-node-name:str? format:str? mode:str?",
+          cmd_blockdev_snapshot_sync },
     };
     qmp_register_commands(cmds, G_N_ELEMENTS(cmds));
 }

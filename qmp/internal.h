@@ -16,6 +16,13 @@
 BlockNode *qmp_lookup_node(const char *name);
 /* The same, with QEMU's GenericError naming both. */
 BlockNode *qmp_find_node(const char *name, GError **errp);
+/*
+ * blockdev-snapshot or blockdev-snapshot-sync (type) with its arguments;
+ * on success *below (the old top) and *top (the overlay) carry a
+ * reference each, for transaction's undo.
+ */
+bool qmp_external_snapshot(const char *type, json_t *args, BlockNode **below,
+                           BlockNode **top, GError **errp);
 /* BlockDirtyInfo list of a node, or NULL if it has no bitmaps. */
 json_t *qmp_bitmaps_info(BlockNode *bs);
 

@@ -2,7 +2,9 @@
  * transaction: several actions, all or nothing (qapi/transaction.json;
  * specs/qmp-block-jobs.md 3).  Actions: abort, the block-dirty-bitmap-*
  * commands and blockdev-backup, as incremental backup tools send them (a
- * new bitmap and a full backup at one point in time).  The users of every
+ * new bitmap and a full backup at one point in time), and the external
+ * snapshots blockdev-snapshot and blockdev-snapshot-sync (several disks
+ * at one point in time, as libvirt takes them).  The users of every
  * node named are held while the actions run, so no write falls between
  * them; a failed action undoes the ones before it: bitmaps get their bits
  * and flags back, started backups are cancelled.
@@ -26,6 +28,8 @@ typedef struct Undo {
     uint64_t *bits;              /* copy, nb_words long */
     uint64_t nb_words;
     char *job_id;                /* blockdev-backup: the job started */
+    BlockNode *overlay;          /* snapshots: the new top (a reference) */
+    BlockNode *below;            /* and the node it went on top of */
 } Undo;
 
 static void undo_free(Undo *u)
@@ -34,6 +38,10 @@ static void undo_free(Undo *u)
     g_free(u->bitmap);
     g_free(u->bits);
     g_free(u->job_id);
+    if (u->overlay) {
+        block_node_unref(u->overlay);
+        block_node_unref(u->below);
+    }
     g_free(u);
 }
 
@@ -62,6 +70,16 @@ static void undo(Undo *u)
     BlockNode *bs = qmp_lookup_node(u->node);
     BlockDirtyBitmap *bm;
 
+    if (u->overlay) {
+        /* users back onto the old top, then the overlay lets go of it */
+        GPtrArray *held = block_node_quiesce_users(u->overlay, NULL);
+        block_node_set_backing(u->overlay, NULL, NULL);
+        if (!block_node_replace(u->overlay, u->below, NULL, NULL)) {
+            block_node_set_backing(u->overlay, u->below, NULL);
+        }
+        block_users_unquiesce(held);
+        return;
+    }
     if (u->job_id) {
         BlockJob *job = block_job_find(u->job_id);
         if (job) {
@@ -93,8 +111,14 @@ static void undo(Undo *u)
 /* The node an action works on (for holding its users), or NULL. */
 static const char *action_node(const char *type, json_t *data)
 {
+    const char *dev = json_string_value(json_object_get(data, "device"));
+
     if (!strcmp(type, "blockdev-backup")) {
-        return json_string_value(json_object_get(data, "device"));
+        return dev;
+    }
+    if (!strcmp(type, "blockdev-snapshot-sync")) {
+        return dev ? dev : json_string_value(json_object_get(data,
+                                                             "node-name"));
     }
     return json_string_value(json_object_get(data, "node"));
 }
@@ -103,6 +127,12 @@ static bool is_bitmap_action(const char *type)
 {
     return g_str_has_prefix(type, "block-dirty-bitmap-") &&
            strcmp(type, "block-dirty-bitmap-sha256");
+}
+
+static bool is_snapshot_action(const char *type)
+{
+    return !strcmp(type, "blockdev-snapshot") ||
+           !strcmp(type, "blockdev-snapshot-sync");
 }
 
 static json_t *cmd_transaction(json_t *args, GError **errp)
@@ -124,7 +154,7 @@ static json_t *cmd_transaction(json_t *args, GError **errp)
             return NULL;
         }
         if (strcmp(type, "abort") && strcmp(type, "blockdev-backup") &&
-            !is_bitmap_action(type)) {
+            !is_snapshot_action(type) && !is_bitmap_action(type)) {
             g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
                         "Action '%s' is not supported in a transaction by "
                         "ferry", type);
@@ -159,6 +189,17 @@ static json_t *cmd_transaction(json_t *args, GError **errp)
             if (node) {
                 u = save_bitmap(node, name);
             }
+        }
+        if (is_snapshot_action(type)) {
+            u = g_new0(Undo, 1);
+            if (!qmp_external_snapshot(type, data, &u->below, &u->overlay,
+                                       errp)) {
+                g_free(u);
+                ok = false;
+                break;
+            }
+            g_ptr_array_add(undos, u);
+            continue;
         }
         ret = qmp_call(type, data, errp);
         if (!ret) {
