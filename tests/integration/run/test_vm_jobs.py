@@ -258,3 +258,37 @@ def test_ending_the_vm_with_jobs_running_leaves_whole_images(tmp_path, how):
     check(src, mirror, backup)
     # the guest never moved: its last rounds are in the source
     assert None not in diskloop_rounds(src, START, SECTORS, tmp_path)
+
+
+def test_external_snapshot_then_active_commit_of_a_running_guest(tmp_path):
+    """libvirt's backup shape: snapshot the disk (the guest writes on into
+    the overlay), read the now-frozen base, then commit the overlay back
+    and pivot, all while diskloop writes and verifies."""
+    base = qcow2(tmp_path / "base.qcow2", writes=[(0x5c, 16 * MiB, 8 * MiB)])
+    ov = tmp_path / "overlay.qcow2"
+    vm = Vm(tmp_path, LOOP, drives=[(base, "drive0", None, "")])
+    q = vm.qmp
+    try:
+        wait_rounds(vm, 2)
+        q.cmd("blockdev-snapshot-sync", device="drive0",
+              snapshot_file=str(ov), snapshot_node_name="ov",
+              format="qcow2")
+        at_snapshot = vm.rounds_seen()
+        assert inserted_file(q) == str(ov)
+        wait_rounds(vm, at_snapshot + 2)        # the guest writes the overlay
+        frozen = diskloop_rounds(base, START, SECTORS, tmp_path)
+        assert None not in frozen and max(frozen) <= at_snapshot + 1
+        q.cmd("block-commit", device="drive0", job_id="c")
+        q.get_event("BLOCK_JOB_READY", timeout=30)
+        q.cmd("job-complete", id="c")
+        finish(q, "c")
+        assert inserted_file(q) == str(base)
+        before = vm.rounds_seen()
+        wait_rounds(vm, before + 2)
+        last = powerdown(vm)
+    finally:
+        vm.kill()
+    check(base, ov)
+    assert diskloop_rounds(base, START, SECTORS, tmp_path) == [last] * SECTORS
+    run(["qemu-io", "-c", "read -P 0x5c %d %d" % (16 * MiB, 8 * MiB),
+         str(base)])
