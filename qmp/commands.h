@@ -22,6 +22,14 @@ void qmp_register_job_commands(void);
  * query-block-exports */
 typedef struct NbdServer NbdServer;
 void qmp_register_nbd_commands(void);
+/*
+ * QEMU's --object TYPE,id=ID,key=value,... for the TLS credential types
+ * (the same as QMP object-add), and the server side NbdTls of such an
+ * object, for qemu-nbd's --tls-creds ID.
+ */
+bool qmp_object_add_cli(const char *optarg, GError **errp);
+typedef struct NbdTls NbdTls;
+NbdTls *qmp_tls_creds(const char *id, GError **errp);
 /* Serve srv (ferry nbd's, from the command line) as if nbd-server-start
  * had started it, and list an export it already has. */
 void qmp_nbd_adopt_server(NbdServer *srv);

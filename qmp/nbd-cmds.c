@@ -11,6 +11,7 @@
 
 #include "blockdev/backend.h"
 #include "common/error.h"
+#include "common/opts.h"
 #include "nbd-server/nbd-server.h"
 #include "qmp/commands.h"
 #include "qmp/internal.h"
@@ -20,6 +21,22 @@ typedef struct QmpExport {
     char *name;                  /* the NBD export name */
     char *node_name;
 } QmpExport;
+
+/*
+ * TLS credential objects (object-add qom-type=tls-creds-x509|tls-creds-psk,
+ * QEMU's crypto/tlscreds*.c), for nbd-server-start's tls-creds.  Only the
+ * server side is used here; a directory holds QEMU's file names:
+ * ca-cert.pem, server-cert.pem, server-key.pem, or keys.psk.
+ */
+typedef struct TlsCreds {
+    char *id;
+    bool psk;
+    char *dir;
+    bool server;                 /* endpoint=server (the default) */
+    bool verify_peer;            /* x509: ask for client certificates */
+} TlsCreds;
+
+static GList *tls_creds;         /* TlsCreds* */
 
 static NbdServer *server;        /* main thread */
 static GThread *server_thread;
@@ -120,6 +137,159 @@ static bool listen_on(NbdServer *srv, json_t *addr, GError **errp)
     return false;
 }
 
+static TlsCreds *find_creds(const char *id)
+{
+    for (GList *l = tls_creds; l; l = l->next) {
+        TlsCreds *t = l->data;
+        if (!strcmp(t->id, id)) {
+            return t;
+        }
+    }
+    return NULL;
+}
+
+static void creds_free(TlsCreds *t)
+{
+    g_free(t->id);
+    g_free(t->dir);
+    g_free(t);
+}
+
+static json_t *cmd_object_add(json_t *args, GError **errp)
+{
+    const char *type = qmp_arg_str(args, "qom-type");
+    const char *id = qmp_arg_str(args, "id");
+    const char *dir = qmp_arg_str(args, "dir");
+    const char *endpoint = qmp_arg_str(args, "endpoint");
+    const char *key;
+    json_t *v;
+    TlsCreds *t;
+
+    if (!type || !id) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Parameter '%s' is missing", type ? "id" : "qom-type");
+        return NULL;
+    }
+    if (strcmp(type, "tls-creds-x509") && strcmp(type, "tls-creds-psk")) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Invalid parameter '%s' (ferry has the object types "
+                    "tls-creds-x509 and tls-creds-psk)", type);
+        return NULL;
+    }
+    json_object_foreach(args, key, v) {
+        if (strcmp(key, "qom-type") && strcmp(key, "id") &&
+            strcmp(key, "dir") && strcmp(key, "endpoint") &&
+            strcmp(key, "verify-peer") && strcmp(key, "username") &&
+            strcmp(key, "priority") && strcmp(key, "sanity-check")) {
+            g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                        "Parameter '%s' is unexpected", key);
+            return NULL;
+        }
+    }
+    if (find_creds(id)) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "attempt to add duplicate property '%s' to object "
+                    "(type 'container')", id);
+        return NULL;
+    }
+    if (!dir) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Parameter 'dir' is missing (ferry reads credentials "
+                    "from files only)");
+        return NULL;
+    }
+    if (endpoint && strcmp(endpoint, "server") && strcmp(endpoint, "client")) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Parameter 'endpoint' does not accept value '%s'",
+                    endpoint);
+        return NULL;
+    }
+    t = g_new0(TlsCreds, 1);
+    t->id = g_strdup(id);
+    t->psk = !strcmp(type, "tls-creds-psk");
+    t->dir = g_strdup(dir);
+    /* QEMU's default endpoint is client; a server needs endpoint=server */
+    t->server = endpoint && !strcmp(endpoint, "server");
+    t->verify_peer = qmp_arg_bool(args, "verify-peer", true);
+    tls_creds = g_list_append(tls_creds, t);
+    return json_object();
+}
+
+static json_t *cmd_object_del(json_t *args, GError **errp)
+{
+    const char *id = qmp_arg_str(args, "id");
+    TlsCreds *t = find_creds(id);
+
+    if (!t) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "object '%s' not found", id);
+        return NULL;
+    }
+    tls_creds = g_list_remove(tls_creds, t);
+    creds_free(t);
+    return json_object();
+}
+
+/* The NbdTls for tls-creds=id, read from its directory now. */
+static NbdTls *creds_to_tls(const char *id, GError **errp)
+{
+    TlsCreds *t = find_creds(id);
+    g_autofree char *a = NULL, *b = NULL, *c = NULL;
+
+    if (!t) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "No TLS credentials with id '%s'", id);
+        return NULL;
+    }
+    if (!t->server) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Expecting TLS credentials with a server endpoint");
+        return NULL;
+    }
+    if (t->psk) {
+        a = g_build_filename(t->dir, "keys.psk", NULL);
+        return nbd_tls_new_psk(a, errp);
+    }
+    a = g_build_filename(t->dir, "server-cert.pem", NULL);
+    b = g_build_filename(t->dir, "server-key.pem", NULL);
+    c = g_build_filename(t->dir, "ca-cert.pem", NULL);
+    return nbd_tls_new_x509(a, b, t->verify_peer ? c : NULL, errp);
+}
+
+bool qmp_object_add_cli(const char *optarg, GError **errp)
+{
+    g_autoptr(json_t) args = ferry_opts_parse(optarg, "qom-type", errp);
+    json_t *ret;
+
+    if (!args) {
+        return false;
+    }
+    /* key=value strings: verify-peer=on|off|yes|no|true|false */
+    {
+        json_t *vp = json_object_get(args, "verify-peer");
+        if (vp && json_is_string(vp)) {
+            const char *v = json_string_value(vp);
+            bool on = !strcmp(v, "on") || !strcmp(v, "yes") ||
+                      !strcmp(v, "true");
+            if (!on && strcmp(v, "off") && strcmp(v, "no") &&
+                strcmp(v, "false")) {
+                g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                            "Parameter 'verify-peer' expects 'on' or 'off'");
+                return false;
+            }
+            json_object_set_new(args, "verify-peer", json_boolean(on));
+        }
+    }
+    ret = cmd_object_add(args, errp);
+    json_decref(ret);
+    return ret != NULL;
+}
+
+NbdTls *qmp_tls_creds(const char *id, GError **errp)
+{
+    return creds_to_tls(id, errp);
+}
+
 static json_t *cmd_nbd_server_start(json_t *args, GError **errp)
 {
     NbdServerConfig cfg = { .persistent = true, .max_connections = 100,
@@ -131,10 +301,14 @@ static json_t *cmd_nbd_server_start(json_t *args, GError **errp)
                     "NBD server already running");
         return NULL;
     }
-    if (qmp_arg_has(args, "tls-creds") || qmp_arg_has(args, "tls-authz")) {
+    if (qmp_arg_has(args, "tls-authz")) {
         g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
-                    "TLS through QMP objects is not supported by ferry yet "
-                    "(use ferry nbd --tls-cert/--tls-psk)");
+                    "tls-authz is not supported by ferry yet (verify-peer "
+                    "with a CA checks client certificates)");
+        return NULL;
+    }
+    if (qmp_arg_has(args, "tls-creds") &&
+        !(cfg.tls = creds_to_tls(qmp_arg_str(args, "tls-creds"), errp))) {
         return NULL;
     }
     cfg.max_connections = (int)qmp_arg_int(args, "max-connections", 100);
@@ -335,6 +509,8 @@ void qmp_register_nbd_commands(void)
           "max-connections:int? handshake-max-seconds:int?",
           cmd_nbd_server_start },
         { "nbd-server-stop", "", cmd_nbd_server_stop },
+        { "object-add", NULL, cmd_object_add },
+        { "object-del", "id:str", cmd_object_del },
         { "nbd-server-add", "device:str name:str? description:str? "
           "writable:bool? bitmap:str?", cmd_nbd_server_add },
         { "nbd-server-remove", "name:str mode:str?", cmd_nbd_server_remove },

@@ -42,6 +42,8 @@ enum {
     OPT_TLS_KEY,
     OPT_TLS_CA,
     OPT_TLS_PSK,
+    OPT_OBJECT,
+    OPT_TLS_CREDS,
     OPT_HANDSHAKE_LIMIT,
     OPT_X_WORKERS,
     OPT_X_CREATE_BITMAP,
@@ -78,6 +80,8 @@ static const struct option long_opts[] = {
     { "tls-key", required_argument, NULL, OPT_TLS_KEY },
     { "tls-ca", required_argument, NULL, OPT_TLS_CA },
     { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+    { "object", required_argument, NULL, OPT_OBJECT },
+    { "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
     { "handshake-limit", required_argument, NULL, OPT_HANDSHAKE_LIMIT },
     { "x-workers", required_argument, NULL, OPT_X_WORKERS },
     { "x-create-bitmap", required_argument, NULL, OPT_X_CREATE_BITMAP },
@@ -111,6 +115,11 @@ static void usage(FILE *out)
 "      --tls-ca=FILE         also require client certificates signed by\n"
 "                            this CA\n"
 "      --tls-psk=FILE        pre-shared keys, 'username:hexkey' lines\n"
+"      --object tls-creds-x509,id=ID,dir=DIR,endpoint=server[,verify-peer=on]\n"
+"      --object tls-creds-psk,id=ID,dir=DIR,endpoint=server\n"
+"      --tls-creds=ID        qemu-nbd's form: credentials from DIR\n"
+"                            (ca-cert.pem, server-cert.pem, server-key.pem;\n"
+"                            or keys.psk)\n"
 "What to export:\n"
 "  -f, --format=FORMAT       image format (raw, qcow2, ...)\n"
 "      --image-opts          FILE is a full set of key=value options\n"
@@ -194,8 +203,8 @@ static int activation_fd(void)
 typedef struct NbdArgs {
     const char *port, *bind, *sockpath, *name, *description, *fmt;
     const char *pid_file, *cache, *discard, *detect_zeroes;
-    const char *tls_cert, *tls_key, *tls_ca, *tls_psk;
-    GPtrArray *bitmaps, *create_bitmaps;
+    const char *tls_cert, *tls_key, *tls_ca, *tls_psk, *tls_creds;
+    GPtrArray *bitmaps, *create_bitmaps, *objects;
     GPtrArray *qmp;               /* --qmp addresses (tools/qmp/daemon.c) */
     uint64_t offset;
     bool has_offset, persistent, readonly, image_opts, fork, allocation_depth;
@@ -284,6 +293,8 @@ static int parse_args(int argc, char **argv, NbdArgs *a)
         case OPT_TLS_KEY: a->tls_key = optarg; break;
         case OPT_TLS_CA: a->tls_ca = optarg; break;
         case OPT_TLS_PSK: a->tls_psk = optarg; break;
+        case OPT_OBJECT: g_ptr_array_add(a->objects, optarg); break;
+        case OPT_TLS_CREDS: a->tls_creds = optarg; break;
         case OPT_HANDSHAKE_LIMIT:
             if (!parse_int(optarg, "handshake limit", 0, 86400,
                            &a->handshake_limit)) {
@@ -313,6 +324,11 @@ static int parse_args(int argc, char **argv, NbdArgs *a)
     }
     if (a->sockpath && (a->port || a->bind)) {
         return usage_error("-k (unix socket) and -p/-b (TCP) cannot go "
+                           "together");
+    }
+    if (a->tls_creds && (a->tls_psk || a->tls_cert || a->tls_key ||
+                         a->tls_ca)) {
+        return usage_error("--tls-creds and --tls-cert/--tls-psk cannot go "
                            "together");
     }
     if (a->tls_psk && (a->tls_cert || a->tls_key || a->tls_ca)) {
@@ -470,6 +486,7 @@ int nbd_main(int argc, char **argv)
     NbdArgs a = {
         .bitmaps = g_ptr_array_new(),
         .create_bitmaps = g_ptr_array_new(),
+        .objects = g_ptr_array_new(),
         .qmp = g_ptr_array_new(),
     };
     NbdExportConfig ecfg = { 0 };
@@ -497,7 +514,14 @@ int nbd_main(int argc, char **argv)
         return qmp_daemon_run((const char *const *)a.qmp->pdata);
     }
 
-    if (a.tls_psk) {
+    for (guint i = 0; i < a.objects->len; i++) {
+        if (!qmp_object_add_cli(a.objects->pdata[i], &err)) {
+            return fail(err);
+        }
+    }
+    if (a.tls_creds) {
+        scfg.tls = qmp_tls_creds(a.tls_creds, &err);
+    } else if (a.tls_psk) {
         scfg.tls = nbd_tls_new_psk(a.tls_psk, &err);
     } else if (a.tls_cert) {
         scfg.tls = nbd_tls_new_x509(a.tls_cert, a.tls_key, a.tls_ca, &err);

@@ -3,82 +3,20 @@ judged by nbdinfo, nbdcopy, qemu-img and qemu-io, with certificates this
 test makes with openssl; and ferry's client driver speaking TLS to
 qemu-nbd and to ferry."""
 import json
-import os
-import subprocess
 
 import pytest
 
 import nbdproto as P
 from conftest import need, pattern_file, run
 from nbdutil import ferry_nbd, qemu_nbd
+from tlsutil import build_pki
 
 MiB = 1 << 20
 
 
-def openssl(*args, cwd):
-    need("openssl")
-    subprocess.run(["openssl"] + list(args), cwd=cwd, check=True,
-                   capture_output=True)
-
-
-def make_ca(d, name):
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-            "%s-key.pem" % name, "-out", "%s-cert.pem" % name, "-days", "2",
-            "-subj", "/CN=ferry test %s" % name, cwd=d)
-
-
-def make_cert(d, ca, name, cn, ext):
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout",
-            "%s-key.pem" % name, "-out", "%s.csr" % name, "-subj",
-            "/CN=%s" % cn, cwd=d)
-    with open(os.path.join(d, "%s.ext" % name), "w") as f:
-        f.write(ext)
-    openssl("x509", "-req", "-in", "%s.csr" % name, "-CA",
-            "%s-cert.pem" % ca, "-CAkey", "%s-key.pem" % ca,
-            "-CAcreateserial", "-out", "%s-cert.pem" % name, "-days", "2",
-            "-extfile", "%s.ext" % name, cwd=d)
-
-
-def client_dir(d, sub, ca, client=None):
-    """A directory as libnbd and QEMU read it: ca-cert.pem, client-*.pem."""
-    out = os.path.join(d, sub)
-    os.makedirs(out, exist_ok=True)
-    for src, dst in ((ca + "-cert.pem", "ca-cert.pem"),) + (
-            ((client + "-cert.pem", "client-cert.pem"),
-             (client + "-key.pem", "client-key.pem")) if client else ()):
-        with open(os.path.join(d, src), "rb") as f:
-            data = f.read()
-        with open(os.path.join(out, dst), "wb") as f:
-            f.write(data)
-    return out
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("pki"))
-    make_ca(d, "ca")
-    make_ca(d, "otherca")
-    make_cert(d, "ca", "server", "localhost",
-              "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
-              "extendedKeyUsage=serverAuth\n")
-    make_cert(d, "ca", "client", "client", "extendedKeyUsage=clientAuth\n")
-    make_cert(d, "otherca", "rogue", "rogue", "extendedKeyUsage=clientAuth\n")
-    pki = {
-        "dir": d,
-        "cert": os.path.join(d, "server-cert.pem"),
-        "key": os.path.join(d, "server-key.pem"),
-        "ca": os.path.join(d, "ca-cert.pem"),
-        "client": client_dir(d, "client", "ca", "client"),
-        "anon": client_dir(d, "anon", "ca"),
-        "rogue": client_dir(d, "rogue", "ca", "rogue"),
-        "wrongca": client_dir(d, "wrongca", "otherca", "client"),
-    }
-    sdir = os.path.join(d, "server")
-    os.makedirs(sdir)
-    for n in ("ca-cert.pem", "server-cert.pem", "server-key.pem"):
-        os.link(os.path.join(d, n), os.path.join(sdir, n))
-    pki["server"] = sdir
-    return pki
+    return build_pki(str(tmp_path_factory.mktemp("pki")))
 
 
 def tls_uri(srv, certdir):
@@ -247,3 +185,32 @@ def test_ferry_driver_to_ferry_server_with_psk(tmp_path, qemu_io):
             qemu_io("-f", "raw", "-c", "write -P 0x24 0 2M", "-c", "flush",
                     p.uri())
     assert open(img, "rb").read()[:2 * MiB] == b"\x24" * (2 * MiB)
+
+
+@pytest.mark.parametrize("server", ["ferry", "qemu-nbd"])
+def test_qemu_nbd_style_object_and_tls_creds(tmp_path, pki, server):
+    """--object tls-creds-x509,...,endpoint=server --tls-creds ID, the way
+    qemu-nbd is started; the same command line works for both."""
+    img = tmp_path / "o.raw"
+    pattern_file(img, 2 * MiB)
+    obj = ("tls-creds-x509,id=tls0,dir=%s,endpoint=server,verify-peer=on"
+           % pki["server"])
+    start = ferry_nbd if server == "ferry" else qemu_nbd
+    with start(tmp_path, img, "-r", "--object", obj, "--tls-creds", "tls0",
+               tcp=True) as s:
+        r = run(["nbdinfo", "--size", tls_uri(s, pki["client"])])
+        assert r.out.strip() == str(2 * MiB)
+        r = run(["nbdinfo", "--size", tls_uri(s, pki["rogue"])], check=False)
+        assert r.rc != 0
+
+
+def test_bad_tls_objects_are_clear_errors(tmp_path, ferry, pki):
+    img = tmp_path / "bo.raw"
+    pattern_file(img, MiB)
+    r = ferry("nbd", "--object", "tls-creds-x509,id=t,dir=%s" % pki["client"],
+              "--tls-creds", "t", img, check=False)
+    assert r.rc == 1 and "server endpoint" in r.err
+    r = ferry("nbd", "--object", "secret,id=s,data=x", img, check=False)
+    assert r.rc == 1 and "tls-creds-x509" in r.err
+    r = ferry("nbd", "--tls-creds", "nosuch", img, check=False)
+    assert r.rc == 1 and "nosuch" in r.err
