@@ -1,7 +1,7 @@
 /*
  * transaction: several actions, all or nothing (qapi/transaction.json;
  * specs/qmp-block-jobs.md 3).  Actions: abort, the block-dirty-bitmap-*
- * commands and blockdev-backup, as incremental backup tools send them (a
+ * commands, blockdev-backup and drive-backup, as backup tools send them (a
  * new bitmap and a full backup at one point in time), and the external
  * snapshots blockdev-snapshot and blockdev-snapshot-sync (several disks
  * at one point in time, as libvirt takes them).  The users of every
@@ -113,7 +113,7 @@ static const char *action_node(const char *type, json_t *data)
 {
     const char *dev = json_string_value(json_object_get(data, "device"));
 
-    if (!strcmp(type, "blockdev-backup")) {
+    if (!strcmp(type, "blockdev-backup") || !strcmp(type, "drive-backup")) {
         return dev;
     }
     if (!strcmp(type, "blockdev-snapshot-sync")) {
@@ -154,7 +154,8 @@ static json_t *cmd_transaction(json_t *args, GError **errp)
             return NULL;
         }
         if (strcmp(type, "abort") && strcmp(type, "blockdev-backup") &&
-            !is_snapshot_action(type) && !is_bitmap_action(type)) {
+            strcmp(type, "drive-backup") && !is_snapshot_action(type) &&
+            !is_bitmap_action(type)) {
             g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
                         "Action '%s' is not supported in a transaction by "
                         "ferry", type);
@@ -210,7 +211,7 @@ static json_t *cmd_transaction(json_t *args, GError **errp)
             break;
         }
         json_decref(ret);
-        if (!strcmp(type, "blockdev-backup")) {
+        if (!strcmp(type, "blockdev-backup") || !strcmp(type, "drive-backup")) {
             const char *id = json_string_value(json_object_get(data, "job-id"));
             u = g_new0(Undo, 1);
             u->job_id = g_strdup(id ? id : action_node(type, data));

@@ -205,3 +205,30 @@ def test_transaction_bitmap_and_full_backup(any_daemon, tmp_path):
     assert bitmap(q, "d", "old") is not None
     any_daemon.stop()
     compare(full, top)
+
+
+def test_transaction_bitmap_and_drive_backup(any_daemon, tmp_path):
+    """The older tools' form: drive-backup (the daemon creates the target)
+    beside a new bitmap in one transaction; an abort undoes both."""
+    q = any_daemon.qmp
+    base, mid, top = chain(tmp_path)
+    add_qcow2(q, "d", top)
+    full = str(tmp_path / "full.qcow2")
+    q.cmd("transaction", actions=[
+        {"type": "block-dirty-bitmap-add",
+         "data": {"node": "d", "name": "inc"}},
+        {"type": "drive-backup",
+         "data": {"device": "d", "target": full, "format": "qcow2",
+                  "sync": "full", "job-id": "db"}}])
+    assert "error" not in finish_job(q, "db")["data"]
+    assert bitmap(q, "d", "inc")["count"] == 0
+    r = q.execute("transaction", {"actions": [
+        {"type": "block-dirty-bitmap-add", "data": {"node": "d", "name": "y"}},
+        {"type": "drive-backup",
+         "data": {"device": "d", "target": str(tmp_path / "x.qcow2"),
+                  "format": "qcow2", "sync": "full", "job-id": "db2"}},
+        {"type": "abort", "data": {}}]})
+    assert r["error"]["class"] == "GenericError"
+    assert bitmap(q, "d", "y") is None
+    any_daemon.stop()
+    compare(full, top)
