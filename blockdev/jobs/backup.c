@@ -314,9 +314,7 @@ BlockJob *block_backup_start(const BlockJobCommon *c, BlockNode *source,
                          target->node_name);
         return NULL;
     }
-    if (source->write_hook) {
-        ferry_error_setg(errp, "Node '%s' is busy: another job guards its "
-                         "writes", source->node_name);
+    if (!job_write_hook_free(source, errp)) {
         return NULL;
     }
     if (target->drv->get_info && target->drv->get_info(target, &info, NULL) &&

@@ -44,6 +44,12 @@ bool job_node_attach(JobNode *jn, BlockNode *bs, const char *job_id,
                      const char *role, uint32_t perm, uint32_t shared,
                      GError **errp);
 void job_node_detach(JobNode *jn);
+/*
+ * False, with the error, if bs already carries a job's write hook (a
+ * node has one: backup's copy-before-write, stream's serialisation,
+ * mirror's write-blocking copy).
+ */
+bool job_write_hook_free(BlockNode *bs, GError **errp);
 
 /*
  * Copy [off, off+len) from src to dst through buf (>= len bytes): ranges

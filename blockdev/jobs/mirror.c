@@ -79,8 +79,7 @@ typedef struct MirrorJob {
     int op_error;                /* first error of a finished op, or 0 */
     bool op_error_read;
     GPtrArray *held;             /* users quiesced for the pivot (inv. 3) */
-    bool write_blocking;         /* copy-mode=write-blocking */
-    BlockWriteHook hook;         /* installed when write_blocking */
+    BlockWriteHook hook;         /* copy-mode=write-blocking */
     bool hooked;
 } MirrorJob;
 
@@ -89,8 +88,16 @@ struct MirrorOp {
     int64_t off;
     int64_t len;
     bool flush;                  /* a write-behind flush, not a copy */
-    bool active;                 /* a guest write (write-blocking) */
 };
+
+/* Lock held: keep the first error for the job thread's error policy. */
+static void note_error_locked(MirrorJob *m, int ret, bool is_read)
+{
+    if (!m->op_error) {
+        m->op_error = ret;
+        m->op_error_read = is_read;
+    }
+}
 
 static void op_done(MirrorJob *m, MirrorOp *op, int ret, bool failed_read)
 {
@@ -111,10 +118,7 @@ static void op_done(MirrorJob *m, MirrorOp *op, int ret, bool failed_read)
     }
     if (ret < 0) {
         block_dirty_bitmap_set(m->dirty, op->off, op->len);
-        if (!m->op_error) {
-            m->op_error = ret;
-            m->op_error_read = failed_read;
-        }
+        note_error_locked(m, ret, failed_read);
     }
     g_cond_broadcast(&m->cond);
     g_mutex_unlock(&m->lock);
@@ -138,10 +142,7 @@ static void flush_behind(MirrorJob *m, MirrorOp *op)
         if (len > 0) {
             block_dirty_bitmap_set(m->dirty, 0, len);
         }
-        if (!m->op_error) {
-            m->op_error = ret;
-            m->op_error_read = false;
-        }
+        note_error_locked(m, ret, false);
     }
     g_cond_broadcast(&m->cond);
     g_mutex_unlock(&m->lock);
@@ -205,7 +206,6 @@ static int active_begin(BlockWriteHook *h, BlockNode *bs, int64_t offset,
     op->m = m;
     op->off = offset;
     op->len = bytes;
-    op->active = true;
     g_mutex_lock(&m->lock);
     while (overlaps_inflight_locked(m, offset, bytes)) {     /* inv. 2 */
         g_cond_wait(&m->cond, &m->lock);
@@ -230,11 +230,18 @@ static void active_written(BlockWriteHook *h, void *token, const void *buf,
     if (ret == 0) {
         /* only granules the write covers whole: the rest holds old bytes */
         block_dirty_bitmap_reset(m->dirty, op->off, op->len);
-    } else if (!m->op_error) {
-        m->op_error = ret;
-        m->op_error_read = false;
+    } else {
+        note_error_locked(m, ret, false);
     }
     g_mutex_unlock(&m->lock);
+}
+
+static void unhook(MirrorJob *m)
+{
+    if (m->hooked) {
+        block_node_set_write_hook(m->source.bs, NULL);
+        m->hooked = false;
+    }
 }
 
 static void active_end(BlockWriteHook *h, void *token)
@@ -456,11 +463,7 @@ static bool mirror_prepare(BlockJob *job, GError **errp)
     BlockNode *src = m->source.bs, *dst = m->target.bs;
     bool soft_cancel, ok = true;
 
-    if (m->hooked) {
-        /* before the target leaves the job: the hook writes to it */
-        block_node_set_write_hook(src, NULL);
-        m->hooked = false;
-    }
+    unhook(m);    /* before the target leaves the job: the hook writes to it */
     block_job_lock();
     soft_cancel = job->cancelled && !job->force_cancel;
     block_job_unlock();
@@ -508,10 +511,7 @@ static void mirror_clean(BlockJob *job)
 {
     MirrorJob *m = (MirrorJob *)job;
 
-    if (m->hooked) {
-        block_node_set_write_hook(m->source.bs, NULL);
-        m->hooked = false;
-    }
+    unhook(m);
     if (m->pool) {
         g_thread_pool_free(m->pool, FALSE, TRUE);
         m->pool = NULL;
@@ -569,10 +569,7 @@ static BlockJob *mirror_common(const BlockJobDriver *drv,
         ferry_error_setg(errp, "Can't mirror node into itself");
         return NULL;
     }
-    if (write_blocking && source->write_hook) {
-        ferry_error_setg(errp, "Node '%s' is busy: another job guards its "
-                         "writes (copy-mode 'write-blocking' needs to)",
-                         source->node_name);
+    if (write_blocking && !job_write_hook_free(source, errp)) {
         return NULL;
     }
     if (granularity == 0) {
@@ -657,7 +654,6 @@ static BlockJob *mirror_common(const BlockJobDriver *drv,
                                             MIRROR_MAX_WORKERS - 1) + 1,
                                 FALSE, NULL);
     if (write_blocking) {
-        m->write_blocking = true;
         m->hook.begin = active_begin;
         m->hook.written = active_written;
         m->hook.end = active_end;

@@ -189,9 +189,7 @@ BlockJob *block_stream_start(const BlockJobCommon *c, BlockNode *top,
                          top->node_name);
         return NULL;
     }
-    if (top->write_hook) {
-        ferry_error_setg(errp, "Node '%s' is busy: another job guards its "
-                         "writes", top->node_name);
+    if (!job_write_hook_free(top, errp)) {
         return NULL;
     }
     job = block_job_create(&stream_job_driver, c->job_id, c->speed,

@@ -60,6 +60,16 @@ void range_unlock(RangeLock *rl, JobRange *r)
     g_free(r);
 }
 
+bool job_write_hook_free(BlockNode *bs, GError **errp)
+{
+    if (bs->write_hook) {
+        ferry_error_setg(errp, "Node '%s' is busy: another job guards its "
+                         "writes", bs->node_name);
+        return false;
+    }
+    return true;
+}
+
 bool job_node_attach(JobNode *jn, BlockNode *bs, const char *job_id,
                      const char *role, uint32_t perm, uint32_t shared,
                      GError **errp)
