@@ -528,7 +528,6 @@ static bool worker_pipe(NbdWorker *w)
         return w->pipe[0] >= 0;
     }
     w->pipe_cap = 1;     /* tried */
-    w->pipe[0] = w->pipe[1] = -1;
     if (pipe2(w->pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
         w->pipe[0] = w->pipe[1] = -1;
         return false;
@@ -542,8 +541,7 @@ static bool worker_pipe(NbdWorker *w)
     }
     sz = fcntl(w->pipe[1], F_GETPIPE_SZ);
     if (sz < SPLICE_READ_MIN) {
-        worker_pipe_close(w);
-        w->pipe_cap = 1;
+        worker_pipe_close(w);         /* pipe_cap stays 1: tried */
         return false;
     }
     w->pipe_cap = (size_t)sz;
