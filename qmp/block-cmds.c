@@ -412,10 +412,7 @@ static bool snapshot_sync(json_t *args, BlockNode **below, BlockNode **top,
     const char *device = qmp_arg_str(args, "device");
     const char *node = qmp_arg_str(args, "node-name");
     const char *file = qmp_arg_str(args, "snapshot-file");
-    const char *new_name = qmp_arg_str(args, "snapshot-node-name");
     const char *fmt = qmp_arg_str(args, "format");
-    const char *mode = qmp_arg_str(args, "mode");
-    g_autoptr(json_t) extra = json_object();
     BlockNode *bs, *overlay;
 
     if (!device && !node) {
@@ -433,40 +430,10 @@ static bool snapshot_sync(json_t *args, BlockNode **below, BlockNode **top,
     if (!bs) {
         return false;
     }
-    if (!fmt) {
-        fmt = "qcow2";
-    }
-    if (mode && strcmp(mode, "existing") && strcmp(mode, "absolute-paths")) {
-        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
-                    "Parameter 'mode' does not accept value '%s'", mode);
-        return false;
-    }
-    if (new_name && block_node_find(new_name)) {
-        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
-                    "Node name '%s' is already in use", new_name);
-        return false;
-    }
-    if (!mode || !strcmp(mode, "absolute-paths")) {
-        g_autoptr(json_t) opts = json_object();
-        json_object_set_new(opts, "size",
-                            json_integer(MAX(block_node_getlength(bs), 0)));
-        if (bs->filename) {
-            json_object_set_new(opts, "backing_file",
-                                json_string(bs->filename));
-            json_object_set_new(opts, "backing_fmt",
-                                json_string(block_node_format(bs)));
-        }
-        if (!block_create(fmt, file, opts, errp)) {
-            return false;
-        }
-    }
-    /* the backing child is bs itself, attached below, not a second open */
-    json_object_set_new(extra, "backing", json_null());
-    if (new_name) {
-        json_object_set_new(extra, "node-name", json_string(new_name));
-    }
-    overlay = block_node_open(file, fmt, extra, BLOCK_O_RDWR, 0,
-                              BLOCK_PERM_ALL, errp);
+    overlay = qmp_open_new_image(file, fmt ? fmt : "qcow2",
+                                 qmp_arg_str(args, "mode"),
+                                 qmp_arg_str(args, "snapshot-node-name"), bs,
+                                 bs, true, errp);
     if (!overlay) {
         return false;
     }
@@ -488,12 +455,12 @@ bool qmp_external_snapshot(const char *type, json_t *args, BlockNode **below,
            : snapshot_sync(args, below, top, errp);
 }
 
-static json_t *cmd_blockdev_snapshot(json_t *args, GError **errp)
+static json_t *snapshot_command(const char *type, json_t *args,
+                                GError **errp)
 {
     BlockNode *below, *top;
 
-    if (!qmp_external_snapshot("blockdev-snapshot", args, &below, &top,
-                               errp)) {
+    if (!qmp_external_snapshot(type, args, &below, &top, errp)) {
         return NULL;
     }
     block_node_unref(below);
@@ -501,17 +468,14 @@ static json_t *cmd_blockdev_snapshot(json_t *args, GError **errp)
     return json_object();
 }
 
+static json_t *cmd_blockdev_snapshot(json_t *args, GError **errp)
+{
+    return snapshot_command("blockdev-snapshot", args, errp);
+}
+
 static json_t *cmd_blockdev_snapshot_sync(json_t *args, GError **errp)
 {
-    BlockNode *below, *top;
-
-    if (!qmp_external_snapshot("blockdev-snapshot-sync", args, &below, &top,
-                               errp)) {
-        return NULL;
-    }
-    block_node_unref(below);
-    block_node_unref(top);
-    return json_object();
+    return snapshot_command("blockdev-snapshot-sync", args, errp);
 }
 
 void qmp_register_block_commands(void)

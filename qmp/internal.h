@@ -21,6 +21,17 @@ BlockNode *qmp_find_node(const char *name, GError **errp);
  * on success *below (the old top) and *top (the overlay) carry a
  * reference each, for transaction's undo.
  */
+/*
+ * A new image for drive-mirror, drive-backup and blockdev-snapshot-sync:
+ * created (mode absolute-paths, the default) with src's size and
+ * backing's name as its backing file, then opened read-write under
+ * node_name; mode existing opens what is there.  With attach_backing the
+ * image opens without its backing file: the caller attaches backing.
+ */
+BlockNode *qmp_open_new_image(const char *file, const char *fmt,
+                              const char *mode, const char *node_name,
+                              BlockNode *src, BlockNode *backing,
+                              bool attach_backing, GError **errp);
 bool qmp_external_snapshot(const char *type, json_t *args, BlockNode **below,
                            BlockNode **top, GError **errp);
 /* BlockDirtyInfo list of a node, or NULL if it has no bitmaps. */

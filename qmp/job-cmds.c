@@ -206,26 +206,21 @@ static json_t *cmd_blockdev_mirror(json_t *args, GError **errp)
            ? json_object() : NULL;
 }
 
-/*
- * drive-mirror's and drive-backup's target: created (mode absolute-paths,
- * the default) with src's size and the given backing file, then opened
- * read-write; mode existing opens what is there.
- */
-static BlockNode *open_new_target(json_t *args, BlockNode *src,
-                                  BlockNode *backing, GError **errp)
+BlockNode *qmp_open_new_image(const char *file, const char *fmt,
+                              const char *mode, const char *node_name,
+                              BlockNode *src, BlockNode *backing,
+                              bool attach_backing, GError **errp)
 {
-    const char *target = qmp_arg_str(args, "target");
-    const char *mode = qmp_arg_str(args, "mode");
-    const char *node_name = qmp_arg_str(args, "node-name");
-    const char *fmt = qmp_arg_str(args, "format");
     g_autoptr(json_t) extra = json_object();
 
-    if (!fmt) {
-        fmt = block_node_format(src);
-    }
     if (mode && strcmp(mode, "existing") && strcmp(mode, "absolute-paths")) {
         g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
                     "Parameter 'mode' does not accept value '%s'", mode);
+        return NULL;
+    }
+    if (node_name && block_node_find(node_name)) {
+        g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
+                    "Node name '%s' is already in use", node_name);
         return NULL;
     }
     if (!mode || !strcmp(mode, "absolute-paths")) {
@@ -238,15 +233,32 @@ static BlockNode *open_new_target(json_t *args, BlockNode *src,
             json_object_set_new(opts, "backing_fmt",
                                 json_string(block_node_format(backing)));
         }
-        if (!block_create(fmt, target, opts, errp)) {
+        if (!block_create(fmt, file, opts, errp)) {
             return NULL;
         }
+    }
+    if (attach_backing) {
+        /* the caller attaches backing itself, not a second open of it */
+        json_object_set_new(extra, "backing", json_null());
     }
     if (node_name) {
         json_object_set_new(extra, "node-name", json_string(node_name));
     }
-    return block_node_open(target, fmt, extra, BLOCK_O_RDWR, 0, BLOCK_PERM_ALL,
+    return block_node_open(file, fmt, extra, BLOCK_O_RDWR, 0, BLOCK_PERM_ALL,
                            errp);
+}
+
+/* drive-mirror's and drive-backup's target (format: src's by default). */
+static BlockNode *open_new_target(json_t *args, BlockNode *src,
+                                  BlockNode *backing, GError **errp)
+{
+    const char *fmt = qmp_arg_str(args, "format");
+
+    return qmp_open_new_image(qmp_arg_str(args, "target"),
+                              fmt ? fmt : block_node_format(src),
+                              qmp_arg_str(args, "mode"),
+                              qmp_arg_str(args, "node-name"), src, backing,
+                              false, errp);
 }
 
 static json_t *cmd_drive_mirror(json_t *args, GError **errp)

@@ -162,6 +162,7 @@ static json_t *cmd_object_add(json_t *args, GError **errp)
     const char *dir = qmp_arg_str(args, "dir");
     const char *endpoint = qmp_arg_str(args, "endpoint");
     const char *key;
+    bool verify_peer;
     json_t *v;
     TlsCreds *t;
 
@@ -204,13 +205,18 @@ static json_t *cmd_object_add(json_t *args, GError **errp)
                     endpoint);
         return NULL;
     }
+    /* a JSON bool from QMP, or on/off from --object's key=value form */
+    if (!ferry_opt_bool(args, "verify-peer", true, &verify_peer, errp)) {
+        return NULL;
+    }
     t = g_new0(TlsCreds, 1);
+    t->verify_peer = verify_peer;
     t->id = g_strdup(id);
     t->psk = !strcmp(type, "tls-creds-psk");
     t->dir = g_strdup(dir);
     /* QEMU's default endpoint is client; a server needs endpoint=server */
     t->server = endpoint && !strcmp(endpoint, "server");
-    t->verify_peer = qmp_arg_bool(args, "verify-peer", true);
+
     tls_creds = g_list_append(tls_creds, t);
     return json_object();
 }
@@ -263,22 +269,6 @@ bool qmp_object_add_cli(const char *optarg, GError **errp)
 
     if (!args) {
         return false;
-    }
-    /* key=value strings: verify-peer=on|off|yes|no|true|false */
-    {
-        json_t *vp = json_object_get(args, "verify-peer");
-        if (vp && json_is_string(vp)) {
-            const char *v = json_string_value(vp);
-            bool on = !strcmp(v, "on") || !strcmp(v, "yes") ||
-                      !strcmp(v, "true");
-            if (!on && strcmp(v, "off") && strcmp(v, "no") &&
-                strcmp(v, "false")) {
-                g_set_error(errp, QMP_ERROR, QMP_ERROR_GENERIC,
-                            "Parameter 'verify-peer' expects 'on' or 'off'");
-                return false;
-            }
-            json_object_set_new(args, "verify-peer", json_boolean(on));
-        }
     }
     ret = cmd_object_add(args, errp);
     json_decref(ret);
