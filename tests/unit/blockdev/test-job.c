@@ -169,12 +169,18 @@ static void wait_ready(BlockJob *job)
     }
 }
 
-static void test_mirror_converges_under_writes_and_pivots(void)
+/*
+ * Mirror while two writers write, through ready and the pivot: the target
+ * ends with every writer's last data (in either copy mode).
+ */
+static void mirror_under_writes(const char *prefix, bool write_blocking)
 {
-    g_autofree char *src = make_qcow2("m-src.qcow2", NULL);
-    g_autofree char *dst = make_qcow2("m-dst.qcow2", NULL);
+    g_autofree char *src_name = g_strdup_printf("%s-src.qcow2", prefix);
+    g_autofree char *dst_name = g_strdup_printf("%s-dst.qcow2", prefix);
+    g_autofree char *src = make_qcow2(src_name, NULL);
+    g_autofree char *dst = make_qcow2(dst_name, NULL);
     Writers *w = g_new0(Writers, 1);
-    BlockJobCommon c = common("mirror0");
+    BlockJobCommon c = common(prefix);
     GError *err = NULL;
     BlockNode *target;
     BlockJob *job;
@@ -187,7 +193,7 @@ static void test_mirror_converges_under_writes_and_pivots(void)
     g_assert_no_error(err);
     writers_start(w);
     job = block_mirror_start(&c, blk_node(w->blk), target, BLOCK_SYNC_FULL,
-                             0, 0, false, &err);
+                             0, 0, write_blocking, &err);
     g_assert_no_error(err);
     wait_ready(job);
     g_usleep(100 * 1000);        /* keep writing while ready */
@@ -201,6 +207,11 @@ static void test_mirror_converges_under_writes_and_pivots(void)
     blk_unref(w->blk);
     block_node_unref(target);
     g_free(w);
+}
+
+static void test_mirror_converges_under_writes_and_pivots(void)
+{
+    mirror_under_writes("mirror0", false);
 }
 
 static void test_backup_is_point_in_time_under_writes(void)
@@ -502,36 +513,7 @@ static void test_mirror_background_leaves_target_to_the_job(void)
 
 static void test_mirror_write_blocking_converges_under_writes(void)
 {
-    g_autofree char *src = make_qcow2("wbc-src.qcow2", NULL);
-    g_autofree char *dst = make_qcow2("wbc-dst.qcow2", NULL);
-    Writers *w = g_new0(Writers, 1);
-    BlockJobCommon c = common("mirror-wbc");
-    GError *err = NULL;
-    BlockNode *target;
-    BlockJob *job;
-
-    w->blk = blk_open(src, "qcow2", NULL, BLOCK_O_RDWR, &err);
-    g_assert_no_error(err);
-    fill_initial(w->blk, w->shadow);
-    target = block_node_open(dst, "qcow2", NULL, BLOCK_O_RDWR, 0,
-                             BLOCK_PERM_ALL, &err);
-    g_assert_no_error(err);
-    writers_start(w);
-    job = block_mirror_start(&c, blk_node(w->blk), target, BLOCK_SYNC_FULL,
-                             0, 0, true, &err);
-    g_assert_no_error(err);
-    wait_ready(job);
-    g_usleep(100 * 1000);
-    g_assert_true(block_job_user_complete(job, &err));
-    g_assert_cmpint(finish(job), ==, 0);
-    g_usleep(50 * 1000);
-    writers_stop(w);
-    g_assert_true(blk_node(w->blk) == target);
-    g_assert_cmpint(w->writes, >, 50);
-    assert_content(target, w->shadow);
-    blk_unref(w->blk);
-    block_node_unref(target);
-    g_free(w);
+    mirror_under_writes("mirror-wbc", true);
 }
 
 int main(int argc, char **argv)
